@@ -1,0 +1,1 @@
+"""The three ports the platform talks to: table store, blob store, event bus."""
