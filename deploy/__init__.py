@@ -1,0 +1,1 @@
+"""Deployment helpers for No Brains ML (Envoy front proxy configuration)."""

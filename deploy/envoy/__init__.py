@@ -1,0 +1,1 @@
+"""Envoy front proxy: descriptor set, bootstrap config generation, process helper."""

@@ -1,0 +1,429 @@
+"""Generate the Envoy bootstrap for the No Brains ML front proxy.
+
+One listener serves both native gRPC (h2c, passed through untouched) and REST/JSON
+(HTTP/1.1 or h2, translated by ``envoy.filters.http.grpc_json_transcoder``) on the same
+port. Routing is always on the *gRPC* path (``/nbml.v1.AuthService/...``): the
+transcoder rewrites a REST request's path to the gRPC one and clears the route cache
+before the router runs.
+
+Limits (what was chosen and why):
+
+* ``max_request_bytes`` (default 4 MiB) is the largest **REST/JSON request body** the
+  transcoder accepts. It is set as the transcoder's ``max_request_body_size``; a larger
+  body is answered by Envoy with ``413 Payload Too Large`` before anything reaches a
+  service. The transcoder converts a streamed JSON array (``UploadDataset`` over REST) message
+  by message, so the limit caps what it has to buffer at once, not the whole upload.
+  ``envoy.filters.http.buffer`` is *not* used: it would buffer whole client-streaming
+  uploads and break streaming.
+* Native gRPC is passed through as a stream; Envoy never buffers a whole gRPC request,
+  so it cannot cap a single gRPC message. Message size for native gRPC is enforced by
+  the services themselves (``grpc.max_receive_message_length``, 8 MiB in
+  ``nbml_server.platform.server``), which answer ``RESOURCE_EXHAUSTED``.
+  Uploads are sent as 1 MiB chunks, well inside both limits.
+* ``max_response_bytes`` (default 16 MiB) is the transcoder's ``max_response_body_size``:
+  how much of a unary gRPC response it may buffer to turn it into JSON.
+* ``per_connection_buffer_limit_bytes`` (listener and clusters, default 1 MiB) is only a
+  flow-control watermark for native gRPC: above it Envoy stops reading from the
+  sender until the other side drains; it does not reject anything.
+
+Timeouts: unary routes get ``route_timeout_s`` (120 s; a client's ``grpc-timeout``
+is honoured up to that). The long-running methods (:data:`LONG_RUNNING_METHODS`:
+the streaming RPCs plus ``BatchPredict``) are routed on their exact gRPC path with
+``timeout: 0s`` (no overall limit) and a per-stream idle timeout instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from deploy.envoy.descriptor_set import ROOT_FILES, SERVICE_NAMES, SERVICES, write_descriptor_set
+
+__all__ = [
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "LONG_RUNNING_METHODS",
+    "PASSTHROUGH_SERVICES",
+    "READ_METHODS",
+    "generate_config",
+    "write_config",
+    "main",
+]
+
+MiB = 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES = 4 * MiB
+DEFAULT_MAX_RESPONSE_BYTES = 16 * MiB
+DEFAULT_CONNECTION_BUFFER_BYTES = 1 * MiB
+
+#: gRPC services that are not transcoded but routed (native gRPC only) to the auth
+#: upstream. Every service process registers health and reflection for all five.
+PASSTHROUGH_SERVICES: tuple[str, ...] = (
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.health.v1.Health",
+)
+
+
+def _method_tables() -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """(long-running methods, idempotent read methods) per full service name,
+    read from the descriptors so a new streaming RPC cannot be forgotten."""
+    long_running: dict[str, list[str]] = {}
+    reads: dict[str, list[str]] = {}
+    for fd in ROOT_FILES:
+        for service in fd.services_by_name.values():
+            if service.full_name not in SERVICES:
+                continue
+            for method in service.methods:
+                streaming = method.client_streaming or method.server_streaming
+                # BatchPredict is unary but may run for minutes over a whole data set.
+                if streaming or method.name == "BatchPredict":
+                    long_running.setdefault(service.full_name, []).append(method.name)
+                elif method.name.startswith(("Get", "List", "Preview")):
+                    reads.setdefault(service.full_name, []).append(method.name)
+    return ({k: tuple(v) for k, v in long_running.items()},
+            {k: tuple(v) for k, v in reads.items()})
+
+
+_LONG, _READS = _method_tables()
+#: Full gRPC paths routed with ``timeout: 0s`` and a stream idle timeout:
+#: WatchTrainingJob, StreamPredict, UploadDataset, DownloadDataset, BatchPredict.
+LONG_RUNNING_METHODS: tuple[str, ...] = tuple(
+    f"/{service}/{method}" for service, methods in _LONG.items() for method in methods)
+#: Full gRPC paths of unary, idempotent reads (retried on UNAVAILABLE / connect failure).
+READ_METHODS: tuple[str, ...] = tuple(
+    f"/{service}/{method}" for service, methods in _READS.items() for method in methods)
+
+_ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% grpc=%GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% "
+    "%BYTES_RECEIVED%>%BYTES_SENT% %DURATION%ms up=%UPSTREAM_CLUSTER% "
+    "rid=%REQ(X-REQUEST-ID)%\n"
+)
+
+
+def _duration(seconds: float) -> str:
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{seconds:.3f}s"
+
+
+def _cluster_name(short: str) -> str:
+    return short
+
+
+def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
+             health_interval_s: float, buffer_bytes: int) -> dict[str, Any]:
+    return {
+        "name": _cluster_name(short),
+        # STATIC needs an IP literal; LOGICAL_DNS resolves a host name.
+        "type": "STATIC" if _is_ip(host) else "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": _duration(connect_timeout_s),
+        "lb_policy": "ROUND_ROBIN",
+        "per_connection_buffer_limit_bytes": buffer_bytes,
+        "load_assignment": {
+            "cluster_name": _cluster_name(short),
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {
+                    "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                }},
+            },
+        },
+        "health_checks": [{
+            "timeout": "1s",
+            "interval": _duration(health_interval_s),
+            # Without this, a cluster that has seen no traffic yet is checked only
+            # every 60 s, so a freshly started service would look down for a minute.
+            "no_traffic_interval": _duration(health_interval_s),
+            "unhealthy_interval": _duration(health_interval_s),
+            "interval_jitter": "0.2s",
+            "unhealthy_threshold": 3,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": SERVICE_NAMES[short]},
+        }],
+        # Below the 50 % panic threshold Envoy still sends to all hosts; with one host
+        # per cluster a failed check therefore never blackholes the service outright.
+        "circuit_breakers": {"thresholds": [{
+            "priority": "DEFAULT",
+            "max_connections": 256,
+            "max_pending_requests": 1024,
+            "max_requests": 1024,
+            "max_retries": 8,
+        }]},
+    }
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _routes(*, route_timeout_s: float, streaming_idle_timeout_s: float) -> list[dict[str, Any]]:
+    routes: list[dict[str, Any]] = []
+    short_of = {full: short for short, full in SERVICE_NAMES.items()}
+
+    # 1. Long-running methods: exact gRPC path, no overall timeout, idle timeout only.
+    for path in LONG_RUNNING_METHODS:
+        service = path.split("/")[1]
+        routes.append({
+            "name": f"long:{path}",
+            "match": {"path": path},
+            "route": {
+                "cluster": _cluster_name(short_of[service]),
+                "timeout": "0s",
+                "idle_timeout": _duration(streaming_idle_timeout_s),
+                # Honour the client's grpc-timeout without a cap (0s = unlimited).
+                "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+            },
+        })
+
+    # 2. Idempotent reads: retried when the upstream is unreachable or says UNAVAILABLE.
+    for path in READ_METHODS:
+        service = path.split("/")[1]
+        routes.append({
+            "name": f"read:{path}",
+            "match": {"path": path},
+            "route": {
+                "cluster": _cluster_name(short_of[service]),
+                "timeout": _duration(route_timeout_s),
+                "max_stream_duration": {"grpc_timeout_header_max": _duration(route_timeout_s)},
+                "retry_policy": {
+                    "retry_on": "unavailable,connect-failure,refused-stream",
+                    "num_retries": 2,
+                    "per_try_timeout": _duration(route_timeout_s),
+                    "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"},
+                },
+            },
+        })
+
+    # 3. Everything else of a service, by gRPC path prefix.
+    for short, full in SERVICE_NAMES.items():
+        routes.append({
+            "name": f"svc:{full}",
+            "match": {"prefix": f"/{full}/"},
+            "route": {
+                "cluster": _cluster_name(short),
+                "timeout": _duration(route_timeout_s),
+                "max_stream_duration": {"grpc_timeout_header_max": _duration(route_timeout_s)},
+            },
+        })
+
+    # 4. Health and reflection (native gRPC only) go to the auth process. Reflection
+    #    is a bidirectional stream, so it gets the long-running treatment.
+    for full in PASSTHROUGH_SERVICES:
+        streaming = "Reflection" in full
+        route: dict[str, Any] = {"cluster": _cluster_name("auth")}
+        if streaming:
+            route.update({"timeout": "0s", "idle_timeout": _duration(streaming_idle_timeout_s)})
+        else:
+            # Health/Watch is a server stream too; Check is unary.
+            route.update({"timeout": "0s", "idle_timeout": _duration(streaming_idle_timeout_s)})
+        routes.append({"name": f"aux:{full}", "match": {"prefix": f"/{full}/"}, "route": route})
+    return routes
+
+
+def generate_config(
+    *,
+    upstreams: Mapping[str, tuple[str, int]],
+    listen_port: int,
+    admin_port: int,
+    descriptor_path: str,
+    listen_address: str = "127.0.0.1",
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    connection_buffer_bytes: int = DEFAULT_CONNECTION_BUFFER_BYTES,
+    route_timeout_s: float = 120.0,
+    stream_idle_timeout_s: float = 300.0,
+    streaming_idle_timeout_s: float = 3600.0,
+    connect_timeout_s: float = 1.0,
+    health_check_interval_s: float = 2.0,
+    max_downstream_connections: int = 10_000,
+    reject_unknown_method: bool = True,
+) -> dict[str, Any]:
+    """The Envoy v3 bootstrap, as a plain dict (dump it as YAML or JSON).
+
+    ``upstreams`` maps each short name (``auth``, ``dataset``, ``trainer``,
+    ``evaluator``, ``predictor``) to ``(host, port)``; all five are required.
+    ``descriptor_path`` is where the descriptor set (:func:`build_descriptor_set`)
+    is or will be written; Envoy reads it at start-up.
+    """
+    missing = set(SERVICE_NAMES) - set(upstreams)
+    unknown = set(upstreams) - set(SERVICE_NAMES)
+    if missing or unknown:
+        raise ValueError(
+            f"upstreams must name exactly {sorted(SERVICE_NAMES)}; "
+            f"missing {sorted(missing)}, unknown {sorted(unknown)}")
+    if max_request_bytes <= 0 or max_response_bytes <= 0:
+        raise ValueError("size limits must be positive")
+
+    transcoder: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        "proto_descriptor": str(descriptor_path),
+        "services": list(SERVICES),
+        "print_options": {
+            "add_whitespace": False,
+            "always_print_primitive_fields": True,
+            "always_print_enums_as_ints": False,
+            "preserve_proto_field_names": True,
+        },
+        "auto_mapping": False,
+        "convert_grpc_status": True,
+        "ignore_unknown_query_parameters": True,
+        "max_request_body_size": max_request_bytes,
+        "max_response_body_size": max_response_bytes,
+    }
+    if reject_unknown_method:
+        # Unknown REST paths get a 404 from the transcoder instead of being passed to
+        # the router as-is. Requests with content-type application/grpc are never
+        # transcoded, so native gRPC (incl. health and reflection) is unaffected.
+        transcoder["request_validation_options"] = {"reject_unknown_method": True}
+
+    hcm: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "nbml_ingress",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "generate_request_id": True,
+        "always_set_request_id_in_response": True,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        "stream_idle_timeout": _duration(stream_idle_timeout_s),
+        "request_headers_timeout": "10s",
+        "common_http_protocol_options": {"idle_timeout": "3600s"},
+        "http2_protocol_options": {
+            "max_concurrent_streams": 256,
+            "initial_stream_window_size": 1 * MiB,
+            "initial_connection_window_size": 4 * MiB,
+        },
+        "access_log": [{
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {"text_format_source": {"inline_string": _ACCESS_LOG_FORMAT}},
+            },
+        }],
+        "route_config": {
+            "name": "nbml_routes",
+            "virtual_hosts": [{
+                "name": "nbml",
+                "domains": ["*"],
+                "routes": _routes(route_timeout_s=route_timeout_s,
+                                  streaming_idle_timeout_s=streaming_idle_timeout_s),
+            }],
+        },
+        "http_filters": [
+            {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    }
+
+    clusters = [
+        _cluster(short, host, int(port), connect_timeout_s=connect_timeout_s,
+                 health_interval_s=health_check_interval_s,
+                 buffer_bytes=connection_buffer_bytes)
+        for short, (host, port) in ((s, upstreams[s]) for s in SERVICE_NAMES)
+    ]
+
+    return {
+        "node": {"id": "nbml-envoy", "cluster": "nbml"},
+        "admin": {"address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": int(admin_port)}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "nbml_ingress",
+                "address": {"socket_address": {
+                    "address": listen_address, "port_value": int(listen_port)}},
+                "per_connection_buffer_limit_bytes": connection_buffer_bytes,
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm,
+                }]}],
+            }],
+            "clusters": clusters,
+        },
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": max_downstream_connections,
+                },
+            }],
+        },
+    }
+
+
+def write_config(path: str | os.PathLike[str], **kwargs: Any) -> None:
+    """Write :func:`generate_config` (same keyword arguments) to ``path`` as YAML."""
+    config = generate_config(**kwargs)
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False, default_flow_style=False)
+    os.replace(tmp, path)
+
+
+def _parse_upstream(text: str) -> tuple[str, tuple[str, int]]:
+    try:
+        name, address = text.split("=", 1)
+        host, port = address.rsplit(":", 1)
+        return name.strip(), (host.strip("[]"), int(port))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=HOST:PORT (e.g. auth=127.0.0.1:50051), got {text!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.envoy.generate_config",
+        description="Write the Envoy bootstrap (YAML) and the descriptor set it loads.")
+    parser.add_argument("--upstream", action="append", type=_parse_upstream, required=True,
+                        metavar="NAME=HOST:PORT",
+                        help=f"one per service: {', '.join(SERVICE_NAMES)}")
+    parser.add_argument("--listen-address", default="127.0.0.1")
+    parser.add_argument("--listen-port", type=int, required=True)
+    parser.add_argument("--admin-port", type=int, required=True)
+    parser.add_argument("--descriptor", required=True, metavar="OUT.pb",
+                        help="where to write the descriptor set")
+    parser.add_argument("--output", required=True, metavar="envoy.yaml")
+    parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    parser.add_argument("--max-response-bytes", type=int, default=DEFAULT_MAX_RESPONSE_BYTES)
+    args = parser.parse_args(argv)
+
+    upstreams = dict(args.upstream)
+    if len(upstreams) != len(args.upstream):
+        parser.error("an upstream is given twice")
+    descriptor = os.path.abspath(args.descriptor)
+    try:
+        generate_config(upstreams=upstreams, listen_port=1, admin_port=1,
+                        descriptor_path=descriptor)
+    except ValueError as exc:
+        parser.error(str(exc))
+    write_descriptor_set(descriptor)
+    write_config(args.output, upstreams=upstreams, listen_port=args.listen_port,
+                 admin_port=args.admin_port, descriptor_path=descriptor,
+                 listen_address=args.listen_address,
+                 max_request_bytes=args.max_request_bytes,
+                 max_response_bytes=args.max_response_bytes)
+    print(f"wrote {args.output} and {descriptor}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

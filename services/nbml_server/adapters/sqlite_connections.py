@@ -1,0 +1,94 @@
+"""A small pool of SQLite connections shared by the embedded adapters.
+
+The embedded platform runs several processes (five services and a worker) on the same
+database files, and each process serves gRPC calls from a thread pool. So:
+
+- WAL mode lets readers run while one writer writes, across processes;
+- `busy_timeout` makes a writer wait for the file's write lock instead of failing
+  with "database is locked" straight away;
+- connections are in autocommit mode (`isolation_level=None`): every statement is its
+  own short transaction unless the caller opens one explicitly, so nobody holds the
+  write lock longer than one statement;
+- a connection is used by one thread at a time: `connection()` lends an idle one (or
+  opens a new one) and takes it back afterwards. Unlike one connection per thread,
+  connections do not leak when short-lived threads end.
+"""
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class SqliteConnections:
+    """Lends connections to one SQLite file; `init` runs once, on the first connection."""
+
+    def __init__(self, path: str, init: Callable[[sqlite3.Connection], None] | None = None):
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        # Schema set-up runs now, so a bad path fails at open rather than on first use.
+        with self.connection() as conn:
+            if init is not None:
+                init(conn)
+
+    def _open(self) -> sqlite3.Connection:
+        # check_same_thread=False: a pooled connection moves between threads (never
+        # used by two at once), and close() may run on yet another thread.
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # journal_mode is persistent in the file; setting it again is cheap.
+        conn.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL survives a process crash (what matters here); only a power
+        # loss can drop the last transactions.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.path} is closed")
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                # Only reached when the caller's code raised mid-transaction.
+                conn.rollback()
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                else:
+                    self._idle.append(conn)
+
+    @contextlib.contextmanager
+    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """One short transaction that takes the write lock up front.
+
+        BEGIN IMMEDIATE rather than a deferred BEGIN: a deferred transaction that reads
+        then writes can fail with SQLITE_BUSY without waiting (busy_timeout does not
+        apply to lock upgrades in WAL mode).
+        """
+        with self.connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def close(self) -> None:
+        """Closes idle connections now and lent ones when they come back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

@@ -1,0 +1,1 @@
+"""The auth service: accounts, tokens, API keys, request history."""

@@ -1,0 +1,119 @@
+"""Training jobs: the record, its state machine, and its storage.
+
+A job lives in `jobs_by_user` (listing) and `jobs_by_id` (workers find it by id alone);
+both copies are written on every change.
+"""
+
+import time
+from collections.abc import Callable
+
+from nbml_server.domain.paging import Page, list_page
+from nbml_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from nbml_server.ids import new_id
+from nbml_server.ports.table_store import TableStore
+
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "pending", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+TASKS = ("auto", "classification", "regression")
+CLASSIFICATION_METRICS = ("roc_auc", "log_loss", "accuracy", "f1")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+MIN_BUDGET_SECONDS, MAX_BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS = 5, 86400, 60
+
+
+def check_job_request(*, target_column: str, task: str, metric: str, budget_seconds: int,
+                      columns: dict[str, dict]) -> list:
+    """(field, description, reason) for each problem of a job request, checked against
+    the data set's profile (column name -> column profile dict)."""
+    violations = []
+    if not target_column:
+        violations.append(("training_job.target_column", "required", "TARGET_COLUMN_MISSING"))
+    elif target_column not in columns:
+        shown = ", ".join(list(columns)[:20])
+        violations.append(("training_job.target_column",
+                           f"no column {target_column!r} in the data set; columns: {shown}",
+                           "UNKNOWN_TARGET_COLUMN"))
+    elif columns[target_column].get("distinct_count", 0) < 2:
+        violations.append(("training_job.target_column",
+                           f"column {target_column!r} has fewer than two distinct values; "
+                           "there is nothing to learn", "TARGET_SINGLE_CLASS"))
+    if task not in TASKS:
+        violations.append(("training_job.task", f"must be one of {', '.join(TASKS)}",
+                           "UNKNOWN_TASK"))
+    allowed = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}.get(
+        task, CLASSIFICATION_METRICS + REGRESSION_METRICS)
+    if metric and metric not in allowed:
+        violations.append(("training_job.metric",
+                           f"unknown metric {metric!r} for task {task}; one of {', '.join(allowed)}",
+                           "UNKNOWN_METRIC"))
+    if budget_seconds != 0 and not MIN_BUDGET_SECONDS <= budget_seconds <= MAX_BUDGET_SECONDS:
+        violations.append(("training_job.budget_seconds",
+                           f"must be {MIN_BUDGET_SECONDS} to {MAX_BUDGET_SECONDS} seconds "
+                           f"(0 means {DEFAULT_BUDGET_SECONDS}), got {budget_seconds}",
+                           "BUDGET_OUT_OF_RANGE"))
+    return violations
+
+
+class Jobs:
+    def __init__(self, store: TableStore):
+        self.store = store
+
+    def create(self, *, user_id: str, dataset_id: str, target_column: str, task: str,
+               metric: str, budget_seconds: int) -> dict:
+        now = time.time()
+        job = {"job_id": new_id("job"), "user_id": user_id, "dataset_id": dataset_id,
+               "target_column": target_column, "task": task, "metric": metric,
+               "budget_seconds": budget_seconds or DEFAULT_BUDGET_SECONDS,
+               "state": PENDING, "resolved_task": "", "resolved_metric": "",
+               "progress": {"trials_completed": 0, "best_score": 0.0,
+                            "elapsed_seconds": 0.0, "stage": "queued"},
+               "error": "", "best_model": "", "cancel_requested": False, "attempt": 0,
+               "create_time": now, "update_time": now}
+        self._write(job)
+        return job
+
+    def get(self, user_id: str, job_id: str) -> dict:
+        job = self.store.get("jobs_by_user", user_id, job_id)
+        if job is None:
+            raise NotFound(f"trainingJobs/{job_id} not found", reason="TRAINING_JOB_NOT_FOUND")
+        return job
+
+    def get_by_id(self, job_id: str) -> dict | None:
+        return self.store.get("jobs_by_id", job_id, "")
+
+    def list(self, user_id: str, page_size: int, page_token: str) -> Page:
+        return list_page(self.store, "jobs_by_user", user_id, page_size=page_size,
+                         page_token=page_token)
+
+    def request_cancel(self, user_id: str, job_id: str) -> dict:
+        job = self.get(user_id, job_id)
+        if job["state"] in (SUCCEEDED, FAILED):
+            raise FailedPrecondition(f"trainingJobs/{job_id} already {job['state']}",
+                                     reason="TRAINING_JOB_FINISHED")
+        if job["state"] == PENDING:
+            # Nobody runs it yet: it ends here; a worker that picks it up skips it.
+            return self.update(job_id, lambda j: j.update(
+                state=CANCELLED, cancel_requested=True,
+                progress={**j["progress"], "stage": "cancelled"}))
+        return self.update(job_id, lambda j: j.update(cancel_requested=True))
+
+    def update(self, job_id: str, change: Callable[[dict], None]) -> dict:
+        """Applies `change` to the freshest copy and stores it (read-modify-write)."""
+        job = self.get_by_id(job_id)
+        if job is None:
+            raise NotFound(f"trainingJobs/{job_id} not found", reason="TRAINING_JOB_NOT_FOUND")
+        change(job)
+        job["update_time"] = time.time()
+        self._write(job)
+        return job
+
+    def _write(self, job: dict) -> None:
+        self.store.put("jobs_by_id", job["job_id"], "", job)
+        self.store.put("jobs_by_user", job["user_id"], job["job_id"], job)
+
+
+def raise_violations(violations: list[tuple[str, str, str]]) -> None:
+    if violations:
+        raise InvalidArgument("; ".join(f"{f}: {d}" for f, d, _ in violations),
+                              [FieldViolation(f, d) for f, d, _ in violations],
+                              reason=violations[0][2])

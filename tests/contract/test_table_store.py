@@ -1,0 +1,268 @@
+"""Contract tests for the TableStore port, run against every adapter."""
+
+import random
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from nbml_server.adapters.sqlite_table_store import SqliteTableStore
+from nbml_server.ports.table_store import TABLES
+
+
+def _sqlite(tmp_path):
+    return SqliteTableStore(tmp_path / "store.db")
+
+
+# One factory per adapter: `factory(tmp_path)` opens a store; calling it again with the
+# same tmp_path opens the same data. Distributed adapters (Cassandra) join this list
+# when their servers are available, e.g. as a param skipped unless NBML_TEST_CASSANDRA
+# is set, with a fresh keyspace per tmp_path.
+FACTORIES = [pytest.param(_sqlite, id="sqlite")]
+
+T = "jobs_by_user"  # any declared table
+
+
+@pytest.fixture(params=FACTORIES)
+def factory(request, tmp_path):
+    opened = []
+
+    def open_store():
+        store = request.param(tmp_path)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(factory):
+    return factory()
+
+
+# Round trips.
+
+def test_get_returns_an_equal_row(store):
+    row = {"name": "héllo ✓ 𝄞", "n": 3, "x": 1.5, "ok": True, "none": None,
+           "list": [1, "two", {"three": 3}], "nested": {"a": {"b": []}}}
+    store.put(T, "u1", "j1", row)
+    assert store.get(T, "u1", "j1") == row
+
+
+def test_get_missing_row_is_none(store):
+    assert store.get(T, "u1", "nothing") is None
+
+
+def test_put_replaces(store):
+    store.put(T, "u1", "j1", {"v": 1})
+    store.put(T, "u1", "j1", {"w": 2})
+    assert store.get(T, "u1", "j1") == {"w": 2}
+
+
+def test_empty_key_and_partition_are_addresses_too(store):
+    store.put("users_by_id", "", "", {"v": 0})
+    store.put("users_by_id", "u1", "", {"v": 1})
+    assert store.get("users_by_id", "", "") == {"v": 0}
+    assert store.get("users_by_id", "u1", "") == {"v": 1}
+
+
+def test_addresses_are_independent(store):
+    store.put(T, "u1", "k", {"where": "u1"})
+    store.put(T, "u2", "k", {"where": "u2"})
+    store.put("models_by_user", "u1", "k", {"where": "models"})
+    assert store.get(T, "u1", "k") == {"where": "u1"}
+    assert store.get(T, "u2", "k") == {"where": "u2"}
+    assert store.get("models_by_user", "u1", "k") == {"where": "models"}
+
+
+def test_delete(store):
+    store.put(T, "u1", "j1", {"v": 1})
+    store.put(T, "u1", "j2", {"v": 2})
+    store.delete(T, "u1", "j1")
+    assert store.get(T, "u1", "j1") is None
+    assert store.get(T, "u1", "j2") == {"v": 2}
+
+
+def test_delete_missing_row_is_not_an_error(store):
+    store.delete(T, "u1", "nothing")
+
+
+def test_every_declared_table_is_usable(store):
+    for table in TABLES:
+        store.put(table, "p", "k", {"table": table})
+    for table in TABLES:
+        assert store.get(table, "p", "k") == {"table": table}
+
+
+def test_rows_survive_reopening(factory):
+    first = factory()
+    first.put(T, "u1", "j1", {"v": 1})
+    first.close()
+    assert factory().get(T, "u1", "j1") == {"v": 1}
+
+
+# Unknown tables.
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.put("nope", "p", "k", {}),
+    lambda s: s.put_if_absent("nope", "p", "k", {}),
+    lambda s: s.get("nope", "p", "k"),
+    lambda s: s.delete("nope", "p", "k"),
+    lambda s: s.scan("nope", "p", limit=10),
+    lambda s: s.get('jobs_by_user" --', "p", "k"),
+], ids=["put", "put_if_absent", "get", "delete", "scan", "injection"])
+def test_unknown_table_raises_key_error(store, call):
+    with pytest.raises(KeyError):
+        call(store)
+
+
+# put_if_absent.
+
+def test_put_if_absent_inserts_once(store):
+    assert store.put_if_absent(T, "u1", "j1", {"v": 1}) is True
+    assert store.put_if_absent(T, "u1", "j1", {"v": 2}) is False
+    assert store.get(T, "u1", "j1") == {"v": 1}
+
+
+def test_put_if_absent_after_delete_inserts_again(store):
+    assert store.put_if_absent(T, "u1", "j1", {"v": 1})
+    store.delete(T, "u1", "j1")
+    assert store.put_if_absent(T, "u1", "j1", {"v": 2})
+    assert store.get(T, "u1", "j1") == {"v": 2}
+
+
+def test_put_if_absent_has_one_winner_among_threads(store):
+    threads, rounds = 8, 20
+    barrier = threading.Barrier(threads)
+
+    def contend(contender: int) -> list[bool]:
+        results = []
+        for n in range(rounds):
+            barrier.wait()  # line every contender up on the same key
+            results.append(store.put_if_absent(
+                "users_by_name", f"user{n}", "", {"winner": contender}))
+        return results
+
+    with ThreadPoolExecutor(threads) as pool:
+        outcomes = list(pool.map(contend, range(threads)))
+    for n in range(rounds):
+        winners = [c for c in range(threads) if outcomes[c][n]]
+        assert len(winners) == 1, f"round {n}: winners {winners}"
+        assert store.get("users_by_name", f"user{n}", "") == {"winner": winners[0]}
+
+
+# A separate Python process racing on the same SQLite file: waits for "go" on stdin,
+# tries every key, prints the keys it won.
+_RACER = """
+import sys
+from nbml_server.adapters.sqlite_table_store import SqliteTableStore
+store = SqliteTableStore(sys.argv[1])
+name, keys = sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()
+won = [k for k in range(keys) if store.put_if_absent("users_by_name", f"user{k}", "", {"winner": name})]
+print(" ".join(map(str, won)), flush=True)
+store.close()
+"""
+
+
+def test_put_if_absent_has_one_winner_among_processes(tmp_path):
+    path, keys, names = tmp_path / "store.db", 200, ["a", "b", "c"]
+    SqliteTableStore(path).close()  # create the schema before the race
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(path), name, str(keys)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+              for name in names]
+    try:
+        for racer in racers:
+            assert racer.stdout.readline().strip() == "ready"
+        for racer in racers:
+            racer.stdin.write("go\n")
+            racer.stdin.flush()
+        won = {name: [int(k) for k in racer.communicate(timeout=30)[0].split()]
+               for name, racer in zip(names, racers)}
+    finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+                racer.wait()
+    assert [racer.returncode for racer in racers] == [0] * len(racers)
+    assert sorted(k for ks in won.values() for k in ks) == list(range(keys))
+    store = SqliteTableStore(path)
+    try:
+        for name, ks in won.items():
+            for k in ks:
+                assert store.get("users_by_name", f"user{k}", "") == {"winner": name}
+    finally:
+        store.close()
+
+
+# scan.
+
+KEYS = ["", "0", "00", "1", "10", "2", "A", "Z", "a", "a0", "ab", "b", "z", "é", "ž", "𝄞"]
+
+
+@pytest.fixture
+def filled(store):
+    shuffled = KEYS[:]
+    random.Random(7).shuffle(shuffled)
+    for key in shuffled:
+        store.put(T, "p", key, {"key": key})
+    store.put(T, "other", "a1", {"key": "other"})
+    store.put("models_by_user", "p", "a1", {"key": "other table"})
+    return store
+
+
+def _keys(pairs):
+    return [key for key, _ in pairs]
+
+
+def test_scan_returns_the_partition_in_string_order(filled):
+    pairs = filled.scan(T, "p", limit=100)
+    assert _keys(pairs) == sorted(KEYS)
+    assert all(row == {"key": key} for key, row in pairs)
+
+
+def test_scan_descending(filled):
+    assert _keys(filled.scan(T, "p", limit=100, descending=True)) == sorted(KEYS, reverse=True)
+
+
+def test_scan_limit(filled):
+    assert _keys(filled.scan(T, "p", limit=3)) == sorted(KEYS)[:3]
+    assert _keys(filled.scan(T, "p", limit=3, descending=True)) == sorted(KEYS, reverse=True)[:3]
+
+
+def test_scan_after_is_exclusive(filled):
+    assert _keys(filled.scan(T, "p", limit=100, after="a")) == [k for k in sorted(KEYS) if k > "a"]
+    assert _keys(filled.scan(T, "p", limit=100, after="a", descending=True)) == \
+        [k for k in sorted(KEYS, reverse=True) if k < "a"]
+
+
+def test_scan_after_a_key_that_is_not_there(filled):
+    assert _keys(filled.scan(T, "p", limit=2, after="a00")) == ["ab", "b"]
+    assert _keys(filled.scan(T, "p", limit=2, after="a00", descending=True)) == ["a0", "a"]
+
+
+@pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
+def test_scan_pages_through_everything(filled, descending):
+    seen, after = [], None
+    while True:
+        page = _keys(filled.scan(T, "p", limit=4, after=after, descending=descending))
+        if not page:
+            break
+        assert len(page) <= 4
+        seen += page
+        after = page[-1]
+    assert seen == sorted(KEYS, reverse=descending)
+
+
+def test_scan_past_the_end_is_empty(filled):
+    assert filled.scan(T, "p", limit=10, after="𝄞") == []
+    assert filled.scan(T, "p", limit=10, after="", descending=True) == []
+
+
+def test_scan_of_empty_partition_is_empty(store):
+    assert store.scan(T, "empty", limit=10) == []
