@@ -35,12 +35,15 @@ the streaming RPCs plus ``BatchPredict``) are routed on their exact gRPC path wi
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
+from google.api import annotations_pb2
 
 from deploy.envoy.descriptor_set import ROOT_FILES, SERVICE_NAMES, SERVICES, write_descriptor_set
 

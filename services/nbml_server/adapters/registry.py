@@ -62,11 +62,11 @@ def _sqlite_event_bus(uri: str) -> EventBus:
     return SqliteEventBus(path)
 
 
-def _distributed(module: str) -> Callable[[str], object]:
-    """Opener that imports `nbml_server.adapters.{module}` on use and calls its `from_uri`."""
+def _distributed(module: str, package: str = __package__) -> Callable[[str], object]:
+    """Opener that imports `{package}.{module}` on use and calls its `from_uri`."""
 
     def open_(uri: str):
-        name = f"{__package__}.{module}"
+        name = f"{package}.{module}"
         try:
             adapter = importlib.import_module(name)
         except ModuleNotFoundError as error:

@@ -17,9 +17,34 @@ database files, and each process serves gRPC calls from a thread pool. So:
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 BUSY_TIMEOUT_MS = 30_000
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switches the file to WAL mode (a persistent setting) unless it is already.
+
+    Switching needs an exclusive lock and fails at once with "database is locked" when
+    another process holds any lock (busy_timeout does not apply), which happens when
+    several processes open a new file together; so retry for up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() == "wal":
+                return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"could not switch {conn} to WAL mode")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 class SqliteConnections:
@@ -41,8 +66,7 @@ class SqliteConnections:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # journal_mode is persistent in the file; setting it again is cheap.
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         # In WAL mode NORMAL survives a process crash (what matters here); only a power
         # loss can drop the last transactions.
         conn.execute("PRAGMA synchronous = NORMAL")

@@ -1,0 +1,1 @@
+"""The ``nbml`` command line (entry point: :func:`nbml.cli.main.main`)."""

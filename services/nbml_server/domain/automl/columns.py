@@ -1,0 +1,207 @@
+"""Column types: inference from a raw frame, and coercion of raw values to the
+training schema (used both at training time and for prediction rows that arrive as
+JSON, where numbers may come as strings and keys may be missing)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from nbml_server.errors import FieldViolation, InvalidArgument
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+BOOLEAN = "boolean"
+DATETIME = "datetime"
+TEXT = "text"
+COLUMN_TYPES = (NUMERIC, CATEGORICAL, BOOLEAN, DATETIME, TEXT)
+
+BOOL_TRUE = frozenset({"true", "t", "yes", "y"})
+BOOL_FALSE = frozenset({"false", "f", "no", "n"})
+_BOOL_WORDS = {**{w: 1.0 for w in BOOL_TRUE | {"1", "1.0"}},
+               **{w: 0.0 for w in BOOL_FALSE | {"0", "0.0"}}}
+
+_DATE_LIKE = re.compile(
+    r"^\s*(\d{4}-\d{1,2}-\d{1,2}|\d{4}/\d{1,2}/\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4})"
+    r"([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2}|UTC)?\s*$")
+
+# Inference thresholds.
+_INFER_SAMPLE = 2000
+_TEXT_MIN_UNIQUE_RATIO = 0.5
+_TEXT_MIN_MEAN_LENGTH = 30
+
+
+# --------------------------------------------------------------------------- labels
+
+def to_label(value) -> str | None:
+    """The text form of one categorical value or class label; None when missing.
+
+    Integral floats lose their ``.0`` (so a label read as 1.0 and one sent as 1 or
+    "1" agree); booleans become "True"/"False" (as pandas writes them)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return "True" if value else "False"
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        if math.isfinite(value) and float(value).is_integer():
+            return str(int(value))
+        return repr(float(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return str(value)
+
+
+def labels_of(series: pd.Series) -> np.ndarray:
+    """Object array of `to_label` of each value; np.nan where missing."""
+    values = series.to_numpy(dtype=object, na_value=None)
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        label = to_label(v)
+        out[i] = np.nan if label is None else label
+    return out
+
+
+# ------------------------------------------------------------------------- coercion
+
+def _is_stringish(series: pd.Series) -> bool:
+    return (pd.api.types.is_object_dtype(series.dtype)
+            or pd.api.types.is_string_dtype(series.dtype))
+
+
+def _number_or_nan(v) -> float:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return np.nan
+    if isinstance(v, (bool, np.bool_)):
+        return 1.0 if v else 0.0
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    if isinstance(v, str):
+        text = v.strip()
+        if not text:
+            return np.nan
+        try:
+            return float(text)
+        except ValueError:
+            return np.nan
+    return np.nan
+
+
+def coerce_numeric(series: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        raw = series.to_numpy(dtype=object, na_value=None)
+        values = np.fromiter((_number_or_nan(v) for v in raw), dtype=np.float64, count=len(raw))
+    values = np.where(np.isfinite(values), values, np.nan)
+    return pd.Series(values, index=series.index, dtype=np.float64, name=series.name)
+
+
+def _bool_or_nan(v) -> float:
+    if v is None or v is pd.NA:
+        return np.nan
+    if isinstance(v, (bool, np.bool_)):
+        return 1.0 if v else 0.0
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return np.nan if math.isnan(float(v)) else (1.0 if float(v) != 0 else 0.0)
+    if isinstance(v, str):
+        return _BOOL_WORDS.get(v.strip().lower(), np.nan)
+    return np.nan
+
+
+def coerce_boolean(series: pd.Series) -> pd.Series:
+    raw = series.to_numpy(dtype=object, na_value=None)
+    values = np.fromiter((_bool_or_nan(v) for v in raw), dtype=np.float64, count=len(raw))
+    return pd.Series(values, index=series.index, dtype=np.float64, name=series.name)
+
+
+def coerce_categorical(series: pd.Series) -> pd.Series:
+    """Object Series of strings, np.nan where missing (what sklearn encoders expect)."""
+    return pd.Series(labels_of(series), index=series.index, dtype=object, name=series.name)
+
+
+def coerce_datetime(series: pd.Series) -> pd.Series:
+    """datetime64 (naive, UTC) Series; NaT where missing or unparseable."""
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        parsed = series
+    else:
+        raw = series.to_numpy(dtype=object, na_value=None)
+        cleaned = pd.Series([v.strip() if isinstance(v, str) else v for v in raw],
+                            index=series.index, dtype=object)
+        parsed = pd.to_datetime(cleaned, errors="coerce", utc=True, format="mixed")
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return pd.Series(parsed.to_numpy(dtype="datetime64[ns]"), index=series.index, name=series.name)
+
+
+def coerce_column(series: pd.Series, column_type: str) -> pd.Series:
+    if column_type == NUMERIC:
+        return coerce_numeric(series)
+    if column_type == BOOLEAN:
+        return coerce_boolean(series)
+    if column_type == DATETIME:
+        return coerce_datetime(series)
+    return coerce_categorical(series)  # categorical and text
+
+
+# ------------------------------------------------------------------------ inference
+
+def infer_column_type(series: pd.Series) -> str:
+    """A simple guess: numeric dtype -> numeric; bool dtype or true/false words ->
+    boolean; strings that parse as numbers -> numeric, as dates -> datetime; many
+    distinct long strings -> text; everything else categorical."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return BOOLEAN
+    if pd.api.types.is_numeric_dtype(dtype):
+        return NUMERIC
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return DATETIME
+    present = series.dropna()
+    if present.empty:
+        return CATEGORICAL
+    if not all(isinstance(v, str) for v in present.iloc[:_INFER_SAMPLE]):
+        # Mixed Python objects: go by what most of them are.
+        kinds = {type(v) for v in present.iloc[:_INFER_SAMPLE]}
+        if kinds <= {bool, np.bool_}:
+            return BOOLEAN
+        if kinds <= {int, float, bool, np.integer, np.floating}:
+            return NUMERIC
+    texts = present.astype(str).str.strip()
+    sample = texts.iloc[:_INFER_SAMPLE]
+    lowered = set(sample.str.lower().unique())
+    if lowered and lowered <= (BOOL_TRUE | BOOL_FALSE) and len(lowered) <= 2:
+        return BOOLEAN
+    if pd.to_numeric(sample, errors="coerce").notna().all():
+        return NUMERIC
+    date_like = sample.str.match(_DATE_LIKE)
+    if date_like.mean() >= 0.9:
+        parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+        if parsed.notna().mean() >= 0.9:
+            return DATETIME
+    unique_ratio = texts.nunique() / len(texts)
+    if unique_ratio > _TEXT_MIN_UNIQUE_RATIO and sample.str.len().mean() >= _TEXT_MIN_MEAN_LENGTH:
+        return TEXT
+    return CATEGORICAL
+
+
+def resolve_column_types(frame: pd.DataFrame, given: Mapping[str, str] | None,
+                         columns: list[str]) -> dict[str, str]:
+    """Type of each of `columns`, from `given` where it names one, else inferred."""
+    given = dict(given or {})
+    violations = [
+        FieldViolation(f"column_types[{name}]",
+                       f"unknown column type '{kind}'; expected one of: {', '.join(COLUMN_TYPES)}")
+        for name, kind in given.items() if name in columns and kind not in COLUMN_TYPES
+    ]
+    if violations:
+        raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in violations),
+                              violations, reason="UNKNOWN_COLUMN_TYPE")
+    return {name: given.get(name) or infer_column_type(frame[name]) for name in columns}

@@ -1,0 +1,560 @@
+"""Reading uploaded data set files (CSV or Parquet) into a canonical DataFrame.
+
+Every problem with the file raises `InvalidArgument` with a stable reason and one
+`FieldViolation(field="file", description=...)` per problem found; the description
+says what is wrong and where (1-based line numbers, as a text editor shows them,
+and the column where it applies).
+
+The canonical frame that `read_table` returns:
+
+- column names are strings, stripped of surrounding whitespace, non-empty, unique;
+- a default RangeIndex (row i of the frame is data row i of the file);
+- numeric columns are `int64` (all values integers, none missing) or `float64`;
+- other columns are pandas' `str` dtype (pandas 3's default string dtype), with
+  missing values as NaN; Parquet files may also give `bool` and `datetime64`
+  columns. CSV never gives bool or datetime columns: "yes"/"no" or "2024-01-31"
+  stay strings, and profiling (`infer_column_type`) says what they are;
+- cells are stripped of surrounding whitespace; an empty cell is missing. In a
+  column whose other values are all numbers, the usual missing markers
+  (NA, N/A, NaN, null, None, -, ?, ...) are missing too; in other columns they
+  stay text.
+- a column of integers where some value has a leading zero ("01234", zip codes,
+  codes) or too many digits for int64 stays a string column.
+
+CSV dialect: RFC 4180 quoting with double quotes (a quoted cell may hold the
+delimiter, quotes as `""`, and line breaks); the delimiter is a comma unless the
+header line has more semicolons, tabs or pipes than commas. Blank lines are
+skipped. A UTF-8 byte order mark is accepted and removed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ...errors import FieldViolation, InvalidArgument
+
+MAX_COLUMNS = 10_000
+# At most this many violations are listed in one error; the message gives the total.
+MAX_VIOLATIONS = 20
+
+FORMAT_CSV = "csv"
+FORMAT_PARQUET = "parquet"
+
+PARQUET_MAGIC = b"PAR1"
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+# Markers read as "missing" in otherwise numeric columns (compared case-insensitively).
+NA_TOKENS = frozenset({
+    "na", "n/a", "nan", "null", "none", "nil", "-", "--", "?", "#n/a", "#na", "missing",
+    "-nan", "<na>", "nat",
+})
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_LEADING_ZERO = r"[+-]?0\d"
+_INTEGER = r"[+-]?\d+"
+_INT64_DIGITS = 18  # integers with more digits may not fit in int64
+
+
+def _bad(reason: str, message: str, descriptions: list[str], total: int | None = None,
+         field: str = "file") -> InvalidArgument:
+    shown = descriptions[:MAX_VIOLATIONS]
+    total = len(descriptions) if total is None else total
+    if total > len(shown):
+        message = f"{message} (showing the first {len(shown)} of {total})"
+    return InvalidArgument(message, [FieldViolation(field, d) for d in shown], reason=reason)
+
+
+def _one(reason: str, description: str, field: str = "file") -> InvalidArgument:
+    return InvalidArgument(f"{field}: {description}", [FieldViolation(field, description)],
+                           reason=reason)
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def guess_format(data: bytes) -> str:
+    """`parquet` when the bytes start with the Parquet magic `PAR1`, else `csv`."""
+    return FORMAT_PARQUET if data[:4] == PARQUET_MAGIC else FORMAT_CSV
+
+
+def read_table(data: bytes, format: str | None = None) -> pd.DataFrame:  # noqa: A002
+    """Parse an uploaded file into the canonical frame (see the module docstring).
+
+    `format` is "csv", "parquet" or None (guess from the content). Raises
+    InvalidArgument with reason EMPTY_FILE, UNSUPPORTED_FORMAT,
+    UNSUPPORTED_ENCODING, MISSING_HEADER, DUPLICATE_HEADER, NO_ROWS,
+    TOO_MANY_COLUMNS, CSV_PARSE_ERROR, PARQUET_PARSE_ERROR or
+    UNSUPPORTED_COLUMN_TYPE.
+    """
+    if format is not None:
+        fmt = format.strip().lower()
+        if fmt not in (FORMAT_CSV, FORMAT_PARQUET):
+            raise _one("UNSUPPORTED_FORMAT",
+                       f"format {format!r} is not supported; use 'csv' or 'parquet'",
+                       field="format")
+    else:
+        fmt = ""
+    if not data or not data.strip():
+        raise _one("EMPTY_FILE", "the file is empty" if not data
+                   else "the file holds only whitespace")
+    if not fmt:
+        fmt = guess_format(data)
+    if fmt == FORMAT_PARQUET:
+        return _read_parquet(data)
+    return _read_csv(data)
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _decode(data: bytes) -> str:
+    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        raise _one("UNSUPPORTED_ENCODING",
+                   "the file is UTF-32 (it starts with a UTF-32 byte order mark); "
+                   "UTF-32 is not supported, save as UTF-8")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _one("UNSUPPORTED_ENCODING",
+                   "the file is UTF-16 (it starts with a UTF-16 byte order mark); "
+                   "UTF-16 is not supported, save as UTF-8")
+    if data.startswith(PARQUET_MAGIC):
+        raise _one("UNSUPPORTED_FORMAT",
+                   "the file starts with the Parquet magic bytes 'PAR1': it is a Parquet "
+                   "file, not CSV; upload it as Parquet")
+    if data.startswith(b"PK\x03\x04"):
+        raise _one("UNSUPPORTED_FORMAT",
+                   "the file is a ZIP archive (an Excel .xlsx workbook is one); "
+                   "export the sheet as CSV (UTF-8)")
+    if data.startswith(b"\x1f\x8b"):
+        raise _one("UNSUPPORTED_FORMAT",
+                   "the file is gzip-compressed; upload the uncompressed CSV")
+    bom = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _one("UNSUPPORTED_ENCODING",
+                   _describe_bad_utf8(data[bom:], exc.start, bom)) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        line = _count_lines(text[:nul])
+        offset = bom + len(text[:nul].encode("utf-8"))
+        raise _one("UNSUPPORTED_ENCODING",
+                   f"the file contains a NUL byte at byte offset {offset} (line {line}); "
+                   "it looks like UTF-16 without a byte order mark or a binary file, "
+                   "not UTF-8 text; save as UTF-8 CSV")
+    return text
+
+
+def _describe_bad_utf8(data: bytes, offset: int, bom: int) -> str:
+    prefix = data[:offset].decode("utf-8")  # valid: the error is the first one
+    line = _count_lines(prefix)
+    where = f"line {line}"
+    column = _column_at(prefix)
+    if column is not None:
+        where += f", column {column!r}"
+    bad = data[offset:offset + 1].hex().upper()
+    return (f"byte 0x{bad} at byte offset {offset + bom} ({where}) is not valid UTF-8; "
+            "the file seems to use another encoding (such as Latin-1 or Windows-1252); "
+            "save as UTF-8")
+
+
+def _count_lines(text: str) -> int:
+    """1-based number of the line the end of `text` is on (\\n, \\r\\n and \\r break lines)."""
+    return text.count("\n") + text.count("\r") - text.count("\r\n") + 1
+
+
+def _column_at(prefix: str) -> str | None:
+    """Best effort: the header name of the column the end of `prefix` falls in."""
+    lines = re.split(r"\r\n|\r|\n", prefix)
+    if len(lines) < 2:
+        return None
+    header = next((h for h in lines[:-1] if h.strip()), None)
+    if header is None:
+        return None
+    delimiter = _detect_delimiter(header)
+    try:
+        names = next(csv.reader([header], delimiter=delimiter))
+    except (csv.Error, StopIteration):
+        return None
+    index = _count_outside_quotes(lines[-1], delimiter)
+    if index < len(names) and names[index].strip():
+        return names[index].strip()
+    return None
+
+
+def _count_outside_quotes(line: str, delimiter: str) -> int:
+    count, quoted = 0, False
+    for ch in line:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == delimiter and not quoted:
+            count += 1
+    return count
+
+
+def _detect_delimiter(header_line: str) -> str:
+    commas = _count_outside_quotes(header_line, ",")
+    best, best_count = ",", commas
+    for candidate in (";", "\t", "|"):
+        n = _count_outside_quotes(header_line, candidate)
+        if n > best_count:
+            best, best_count = candidate, n
+    return best
+
+
+def _first_line(text: str) -> str:
+    for line in io.StringIO(text, newline=""):
+        if line.strip():
+            return line
+    return ""
+
+
+class _Lines:
+    """Feeds physical lines to csv.reader, counting them and keeping the raw lines of
+    the record being read (to find an unterminated quote at the end)."""
+
+    __slots__ = ("_it", "count", "current")
+
+    def __init__(self, text: str):
+        self._it = iter(io.StringIO(text, newline=""))
+        self.count = 0
+        self.current: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._it)
+        self.count += 1
+        self.current.append(line)
+        return line
+
+
+def _unclosed_quote_line(lines: list[str], first_line: int, delimiter: str) -> int | None:
+    """If the record made of `lines` ends inside a quoted field, the line number where
+    that field's quote opened (csv module semantics, non-strict), else None."""
+    state = "start"  # start | unquoted | quoted | quote_in_quoted
+    opened = first_line
+    for offset, line in enumerate(lines):
+        for ch in line:
+            if state == "start":
+                if ch == '"':
+                    state, opened = "quoted", first_line + offset
+                elif ch == delimiter:
+                    state = "start"
+                elif ch in "\r\n":
+                    state = "start"
+                else:
+                    state = "unquoted"
+            elif state == "unquoted":
+                if ch == delimiter or ch in "\r\n":
+                    state = "start"
+            elif state == "quoted":
+                if ch == '"':
+                    state = "quote_in_quoted"
+            else:  # quote_in_quoted
+                if ch == '"':
+                    state = "quoted"
+                elif ch == delimiter or ch in "\r\n":
+                    state = "start"
+                else:
+                    state = "unquoted"
+    return opened if state == "quoted" else None
+
+
+def _ensure_field_limit() -> None:
+    # Process-wide setting of the csv module; only ever raised. An unterminated quote
+    # makes one giant field, which we want to report as such, not as "field larger
+    # than field limit".
+    limit = 1 << 30
+    if csv.field_size_limit() < limit:
+        csv.field_size_limit(limit)
+
+
+def _read_csv(data: bytes) -> pd.DataFrame:
+    text = _decode(data)
+    if not text.strip():
+        raise _one("EMPTY_FILE", "the file holds only whitespace")
+    delimiter = _detect_delimiter(_first_line(text))
+    _ensure_field_limit()
+
+    lines = _Lines(text)
+    reader = csv.reader(lines, delimiter=delimiter, quotechar='"', doublequote=True,
+                        strict=False)
+    header: list[str] | None = None
+    header_line = 0
+    expected = 0
+    data_rows = 0
+    ragged: list[str] = []
+    ragged_total = 0
+    record_start = 1
+    last_start = 1
+    last_lines: list[str] = []
+    try:
+        for record in reader:
+            start = record_start
+            end = lines.count
+            record_start = end + 1
+            last_start, last_lines = start, lines.current
+            lines.current = []
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue  # blank line
+            if header is None:
+                header, header_line, expected = record, start, len(record)
+                if expected > MAX_COLUMNS:
+                    break
+                continue
+            data_rows += 1
+            if len(record) != expected:
+                ragged_total += 1
+                if len(ragged) < MAX_VIOLATIONS:
+                    ragged.append(_ragged(start, end, len(record), expected, header_line,
+                                          delimiter))
+    except csv.Error as exc:  # pragma: no cover - non-strict reader rarely complains
+        raise _one("CSV_PARSE_ERROR", f"line {lines.count}: {exc}") from None
+
+    opened = _unclosed_quote_line(last_lines, last_start, delimiter)
+    if opened is not None:
+        raise _one("CSV_PARSE_ERROR",
+                   f"the quoted value that starts on line {opened} is never closed: "
+                   "a double quote (\") is missing")
+    if header is None:
+        raise _one("EMPTY_FILE", "the file holds only blank lines")
+    names = _check_header(header, header_line)
+    if ragged:
+        raise _bad("CSV_PARSE_ERROR",
+                   f"{ragged_total} row{'s' if ragged_total != 1 else ''} "
+                   "have a different number of fields than the header"
+                   if ragged_total != 1 else "1 row has a different number of fields "
+                   "than the header", ragged, ragged_total)
+    if data_rows == 0:
+        raise _one("NO_ROWS", f"the file has a header (line {header_line}) but no data rows")
+
+    frame = pd.read_csv(io.StringIO(text), sep=delimiter, header=0, names=names,
+                        dtype=str, na_filter=False, keep_default_na=False,
+                        skip_blank_lines=True, quotechar='"', doublequote=True,
+                        engine="c", index_col=False)
+    if len(frame) != data_rows:  # pragma: no cover - the parsers should agree
+        frame = _frame_from_csv_module(text, delimiter, names)
+    return _normalize_text_frame(frame)
+
+
+def _ragged(start: int, end: int, found: int, expected: int, header_line: int,
+            delimiter: str) -> str:
+    where = f"row at line {start}" if start == end else f"row at lines {start}-{end}"
+    header = "the header" if header_line == 1 else f"the header (line {header_line})"
+    text = f"{where} has {found} field{'s' if found != 1 else ''}, {header} has {expected}"
+    if found > expected:
+        shown = "tab" if delimiter == "\t" else repr(delimiter)
+        text += f" (a value containing {shown} must be enclosed in double quotes)"
+    return text
+
+
+def _frame_from_csv_module(text: str, delimiter: str, names: list[str]) -> pd.DataFrame:
+    rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+            if r and not (len(r) == 1 and not r[0].strip())]
+    return pd.DataFrame(rows[1:], columns=names, dtype=str)
+
+
+def _check_header(cells: list[str], line: int) -> list[str]:
+    if len(cells) > MAX_COLUMNS:
+        raise _one("TOO_MANY_COLUMNS",
+                   f"the header (line {line}) has {len(cells)} columns; "
+                   f"at most {MAX_COLUMNS:,} are allowed")
+    names = [c.strip() for c in cells]
+    where = "the header" if line == 1 else f"the header (line {line})"
+    empty = [f"column {i} of {where} has no name" for i, n in enumerate(names, 1) if not n]
+    if empty:
+        raise _bad("MISSING_HEADER", f"{len(empty)} column(s) have no name in the header",
+                   empty)
+    if all(_NUMBER.fullmatch(n) for n in names):
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise _one("MISSING_HEADER",
+                   f"the first line (line {line}) looks like data, not column names "
+                   f"(all its cells are numbers: {shown}); add a header line with "
+                   "column names")
+    _check_unique(names, "the header" if line == 1 else f"the header (line {line})")
+    return names
+
+
+def _check_unique(names: list[str], where: str) -> None:
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(names, 1):
+        positions.setdefault(name, []).append(i)
+    dupes = [(n, p) for n, p in positions.items() if len(p) > 1]
+    if dupes:
+        descriptions = [
+            f"column name {name!r} appears {len(pos)} times in {where}, at positions "
+            + ", ".join(str(p) for p in pos[:-1]) + f" and {pos[-1]}"
+            for name, pos in dupes
+        ]
+        raise _bad("DUPLICATE_HEADER", "column names must be unique", descriptions)
+
+
+def _normalize_text_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """All-text frame (empty string = missing) -> canonical dtypes."""
+    columns = {}
+    for name in frame.columns:
+        columns[name] = _convert_text_column(frame[name])
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(frame)))
+
+
+def _convert_text_column(raw: pd.Series) -> pd.Series:
+    cells = raw.astype("str").str.strip()
+    missing = cells.eq("")
+    present = cells[~missing]
+    as_text = cells.where(~missing, np.nan).astype("str")
+    if present.empty:
+        return as_text
+    numbers = pd.to_numeric(present, errors="coerce")
+    failed = numbers.isna()
+    if failed.any():
+        na_marker = present[failed].str.lower().isin(NA_TOKENS)
+        if not na_marker.all() or na_marker.sum() == len(present):
+            return as_text
+    numeric_present = present[~failed]
+    if numeric_present.str.match(_LEADING_ZERO).any():
+        return as_text  # codes such as zip codes keep their leading zeros
+    integers = numeric_present.str.fullmatch(_INTEGER)
+    if integers.all():
+        digits = numeric_present.str.lstrip("+-").str.len().max()
+        if digits > _INT64_DIGITS:
+            return as_text  # too big for int64: identifiers, not quantities
+        if not failed.any() and not missing.any():
+            return pd.to_numeric(cells, errors="raise").astype("int64")
+    values = np.full(len(cells), np.nan, dtype="float64")
+    positions = np.flatnonzero(~missing.to_numpy())[~failed.to_numpy()]
+    values[positions] = numbers[~failed].to_numpy(dtype="float64")
+    return pd.Series(values, index=raw.index, name=raw.name)
+
+
+# --------------------------------------------------------------------------- Parquet
+
+
+def _read_parquet(data: bytes) -> pd.DataFrame:
+    if not data.startswith(PARQUET_MAGIC):
+        hint = ""
+        if data.lstrip(_UTF8_BOM)[:1].isascii() and b"," in data[:4096]:
+            hint = "; it looks like CSV text, upload it as CSV"
+        raise _one("PARQUET_PARSE_ERROR",
+                   "the file does not start with the Parquet magic bytes 'PAR1'" + hint)
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise _one("PARQUET_PARSE_ERROR",
+                   f"the file is not a readable Parquet file: {_short(str(exc))}") from None
+
+    table = _drop_unnamed_index(table)
+    if table.num_columns == 0:
+        raise _one("EMPTY_FILE", "the Parquet file has no columns")
+    if table.num_columns > MAX_COLUMNS:
+        raise _one("TOO_MANY_COLUMNS",
+                   f"the Parquet file has {table.num_columns} columns; "
+                   f"at most {MAX_COLUMNS:,} are allowed")
+    names = [n.strip() for n in table.column_names]
+    empty = [f"column {i} of the Parquet file has no name"
+             for i, n in enumerate(names, 1) if not n]
+    if empty:
+        raise _bad("MISSING_HEADER", f"{len(empty)} column(s) have no name", empty)
+    _check_unique(names, "the Parquet file")
+    if table.num_rows == 0:
+        raise _one("NO_ROWS", "the Parquet file has columns but no rows")
+
+    columns: dict[str, pd.Series] = {}
+    unsupported: list[str] = []
+    for name, chunked in zip(names, table.columns):
+        try:
+            columns[name] = _convert_arrow_column(chunked)
+        except _Unsupported as exc:
+            unsupported.append(f"column {name!r} has type {exc.args[0]}, which is not "
+                               "supported (use numbers, text, booleans or timestamps)")
+    if unsupported:
+        raise _bad("UNSUPPORTED_COLUMN_TYPE", "the Parquet file has columns of "
+                   "unsupported types", unsupported)
+    return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows))
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _drop_unnamed_index(table: pa.Table) -> pa.Table:
+    """A pandas index stored as a column: keep it when it has a name, drop it when it
+    was the unnamed default (`__index_level_0__`)."""
+    meta = table.schema.pandas_metadata or {}
+    for index_column in meta.get("index_columns", []):
+        if isinstance(index_column, str) and re.fullmatch(r"__index_level_\d+__",
+                                                          index_column):
+            if index_column in table.column_names:
+                table = table.drop_columns([index_column])
+    return table.replace_schema_metadata(None)
+
+
+def _convert_arrow_column(column: pa.ChunkedArray) -> pd.Series:
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.cast(kind.value_type)
+        kind = column.type
+    has_nulls = column.null_count > 0
+    if pa.types.is_null(kind):
+        return pd.Series(np.full(len(column), np.nan, dtype=object)).astype("str")
+    if pa.types.is_boolean(kind):
+        if not has_nulls:
+            return pd.Series(column.to_numpy(zero_copy_only=False), dtype="bool")
+        values = column.to_pandas()
+        return values.map({True: "true", False: "false"}).astype("str")
+    if pa.types.is_integer(kind):
+        values = column.to_pandas()  # int64/uint* without nulls, float64 with nulls
+        if has_nulls:
+            return values.astype("float64")
+        if pa.types.is_uint64(kind) and len(values) and values.max() > np.iinfo(np.int64).max:
+            return values.astype("float64")
+        return values.astype("int64")
+    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return column.cast(pa.float64()).to_pandas().astype("float64")
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or (
+            hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind)):
+        text = column.cast(pa.large_string()).to_pandas().astype("str").str.strip()
+        return text.where(text.ne(""), np.nan).astype("str")
+    if pa.types.is_timestamp(kind):
+        return column.to_pandas()
+    if pa.types.is_date(kind):
+        return pd.to_datetime(column.cast(pa.timestamp("ms")).to_pandas())
+    if pa.types.is_time(kind) or pa.types.is_duration(kind):
+        text = column.cast(pa.string()).to_pandas()
+        return text.astype("str")
+    raise _Unsupported(str(kind))
+
+
+# --------------------------------------------------------------------------- stored form
+
+
+def write_canonical(frame: pd.DataFrame) -> bytes:
+    """The stored form of a canonical frame: Parquet (zstd), without the index."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def read_canonical(data: bytes) -> pd.DataFrame:
+    """Read what `write_canonical` wrote; dtypes come back as they were."""
+    frame = pq.read_table(pa.BufferReader(data)).to_pandas()
+    frame.index = pd.RangeIndex(len(frame))
+    return frame
+
+
+def to_csv_bytes(frame: pd.DataFrame) -> bytes:
+    """UTF-8 CSV with a header line, `\\n` line ends, missing values as empty cells."""
+    return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")

@@ -1,0 +1,122 @@
+"""Predictions from deployed models, with the loaded models kept hot in an LRU cache."""
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from nbml_server.domain import automl
+from nbml_server.domain.dataset_catalog import DatasetCatalog
+from nbml_server.domain.endpoints import Endpoints
+from nbml_server.domain.model_registry import ModelRegistry
+from nbml_server.errors import FieldViolation, InvalidArgument
+
+MAX_ROWS_PER_REQUEST = 100_000
+MAX_REPORTED_VIOLATIONS = 20
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    value: float
+    probabilities: dict[str, float]
+
+
+class ModelCache:
+    """Loaded pipelines by model id; the least recently used is dropped past `capacity`."""
+
+    def __init__(self, registry: ModelRegistry, capacity: int):
+        self.registry = registry
+        self.capacity = capacity
+        self._loaded: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def pipeline(self, model: dict):
+        model_id = model["model_id"]
+        with self._lock:
+            if model_id in self._loaded:
+                self._loaded.move_to_end(model_id)
+                return self._loaded[model_id]
+        pipeline = automl.load_model(self.registry.artifact(model))
+        with self._lock:
+            self._loaded[model_id] = pipeline
+            while len(self._loaded) > self.capacity:
+                self._loaded.popitem(last=False)
+        return pipeline
+
+
+def check_rows(rows: list[dict], feature_columns: list[str]) -> None:
+    """Every row must have exactly the model's feature columns."""
+    if not rows:
+        raise InvalidArgument.of("rows", "at least one row is needed", reason="NO_ROWS")
+    if len(rows) > MAX_ROWS_PER_REQUEST:
+        raise InvalidArgument.of("rows", f"at most {MAX_ROWS_PER_REQUEST} rows per request",
+                                 reason="TOO_MANY_ROWS")
+    expected = set(feature_columns)
+    violations = []
+    for index, row in enumerate(rows):
+        keys = set(row)
+        for column in sorted(expected - keys):
+            violations.append(FieldViolation(f"rows[{index}].{column}",
+                                             f"missing column {column!r}"))
+        for column in sorted(keys - expected):
+            violations.append(FieldViolation(
+                f"rows[{index}].{column}",
+                f"unknown column {column!r}; expected: {', '.join(feature_columns)}"))
+        if len(violations) >= MAX_REPORTED_VIOLATIONS:
+            break
+    if violations:
+        shown = violations[:MAX_REPORTED_VIOLATIONS]
+        raise InvalidArgument(
+            f"{len(shown)} problem(s) with the rows, first: {shown[0].field}: "
+            f"{shown[0].description}", shown, reason="PREDICTION_COLUMNS_MISMATCH")
+
+
+def predict_frame(pipeline, model: dict, frame: pd.DataFrame) -> list[Prediction]:
+    frame = frame[model["feature_columns"]]
+    if model["task"] == "regression":
+        return [Prediction("", float(v), {}) for v in pipeline.predict(frame)]
+    probabilities = pipeline.predict_proba(frame)
+    classes = [str(c) for c in pipeline.classes_]
+    best = np.argmax(probabilities, axis=1)
+    return [Prediction(classes[b], float(p[b]), dict(zip(classes, map(float, p))))
+            for b, p in zip(best, probabilities)]
+
+
+class Predictor:
+    def __init__(self, endpoints: Endpoints, models: ModelRegistry, datasets: DatasetCatalog,
+                 cache: ModelCache):
+        self.endpoints = endpoints
+        self.models = models
+        self.datasets = datasets
+        self.cache = cache
+
+    def predict(self, user_id: str, endpoint_id: str, rows: list[dict]) -> tuple[str, list]:
+        endpoint = self.endpoints.get(user_id, endpoint_id)
+        model = self.models.get(user_id, endpoint["model_id"])
+        check_rows(rows, model["feature_columns"])
+        frame = pd.DataFrame.from_records(rows, columns=model["feature_columns"])
+        return model["model_id"], predict_frame(self.cache.pipeline(model), model, frame)
+
+    def batch_predict(self, user_id: str, endpoint_id: str, dataset_id: str) -> dict:
+        endpoint = self.endpoints.get(user_id, endpoint_id)
+        model = self.models.get(user_id, endpoint["model_id"])
+        dataset = self.datasets.get(user_id, dataset_id)
+        frame = self.datasets.load_frame(dataset)
+        missing = [c for c in model["feature_columns"] if c not in frame.columns]
+        if missing:
+            raise InvalidArgument(
+                f"datasets/{dataset_id} lacks the model's columns: {', '.join(missing)}",
+                [FieldViolation("dataset", f"missing column {c!r}") for c in missing],
+                reason="PREDICTION_COLUMNS_MISMATCH")
+        predictions = predict_frame(self.cache.pipeline(model), model, frame)
+        output = frame.copy()
+        output["prediction"] = [p.label if model["task"] != "regression" else p.value
+                                for p in predictions]
+        for label in model["classes"]:
+            output[f"probability_{label}"] = [p.probabilities.get(label, 0.0) for p in predictions]
+        name = f"{dataset['display_name'] or dataset_id} predictions"
+        return self.datasets.add(user_id, output, display_name=name[:200], format="parquet",
+                                 size_bytes=0, source_endpoint=f"endpoints/{endpoint_id}")

@@ -1,0 +1,1 @@
+"""The evaluator service: leaderboards, holdout metrics, feature importance."""

@@ -1,0 +1,1 @@
+"""The predictor service: endpoints and predictions."""

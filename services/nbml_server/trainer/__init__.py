@@ -1,0 +1,1 @@
+"""The trainer service: training jobs (the search itself runs in the workers)."""

@@ -1,0 +1,1 @@
+"""The training worker: consumes job events and runs the AutoML search."""
