@@ -2,34 +2,41 @@
 
 One listener serves both native gRPC (h2c, passed through untouched) and REST/JSON
 (HTTP/1.1 or h2, translated by ``envoy.filters.http.grpc_json_transcoder``) on the same
-port. Routing is always on the *gRPC* path (``/nbml.v1.AuthService/...``): the
-transcoder rewrites a REST request's path to the gRPC one and clears the route cache
-before the router runs.
+port. Routing is on the *gRPC* path (``/nbml.v1.AuthService/...``): the transcoder
+rewrites a REST request's path to the gRPC one and clears the route cache before the
+router runs.
 
-Limits (what was chosen and why):
+HTTP filters, in order: ``buffer`` (REST body limit, see below) -> ``grpc_json_transcoder``
+-> ``router``.
 
-* ``max_request_bytes`` (default 4 MiB) is the largest **REST/JSON request body** the
-  transcoder accepts. It is set as the transcoder's ``max_request_body_size``; a larger
-  body is answered by Envoy with ``413 Payload Too Large`` before anything reaches a
-  service. The transcoder converts a streamed JSON array (``UploadDataset`` over REST) message
-  by message, so the limit caps what it has to buffer at once, not the whole upload.
-  ``envoy.filters.http.buffer`` is *not* used: it would buffer whole client-streaming
-  uploads and break streaming.
-* Native gRPC is passed through as a stream; Envoy never buffers a whole gRPC request,
-  so it cannot cap a single gRPC message. Message size for native gRPC is enforced by
-  the services themselves (``grpc.max_receive_message_length``, 8 MiB in
-  ``nbml_server.platform.server``), which answer ``RESOURCE_EXHAUSTED``.
-  Uploads are sent as 1 MiB chunks, well inside both limits.
+Request size limits (what was chosen and why):
+
+* REST/JSON bodies: at most ``max_request_bytes`` (default 4 MiB), answered with
+  ``413 Payload Too Large`` by Envoy. The transcoder's own ``max_request_body_size``
+  cannot do this: it only bounds the *not yet converted* JSON it holds, and it converts
+  as the body streams in, so a 5 MiB body passes it (measured). So the
+  ``envoy.filters.http.buffer`` filter sits in front of the transcoder, but only for
+  REST: every gRPC route disables it per route (``BufferPerRoute.disabled``), and a
+  REST request is matched on its REST path, before the transcoder rewrites it, by the
+  catch-all route where the buffer filter stays on. Native gRPC is therefore never
+  buffered (streaming keeps working).
+* REST client-streaming methods (``UploadDataset``, ``StreamPredict``: a JSON array of
+  messages) are exempt from the whole-body limit (their REST paths get routes with the
+  buffer filter disabled); the transcoder streams them message by message.
+* Native gRPC: Envoy does not look inside gRPC frames, so a single message's size is
+  enforced by the services (``grpc.max_receive_message_length``, 8 MiB in
+  ``nbml_server.platform.server``), which answer ``RESOURCE_EXHAUSTED``. Uploads are
+  sent as 1 MiB chunks, well inside the limit, and 4 MiB messages pass.
 * ``max_response_bytes`` (default 16 MiB) is the transcoder's ``max_response_body_size``:
   how much of a unary gRPC response it may buffer to turn it into JSON.
 * ``per_connection_buffer_limit_bytes`` (listener and clusters, default 1 MiB) is only a
-  flow-control watermark for native gRPC: above it Envoy stops reading from the
-  sender until the other side drains; it does not reject anything.
+  flow-control watermark: above it Envoy stops reading from the sender until the other
+  side drains. It rejects nothing.
 
-Timeouts: unary routes get ``route_timeout_s`` (120 s; a client's ``grpc-timeout``
-is honoured up to that). The long-running methods (:data:`LONG_RUNNING_METHODS`:
-the streaming RPCs plus ``BatchPredict``) are routed on their exact gRPC path with
-``timeout: 0s`` (no overall limit) and a per-stream idle timeout instead.
+Timeouts: unary routes get ``route_timeout_s`` (120 s; a client's ``grpc-timeout`` is
+honoured up to that). The long-running methods (:data:`LONG_RUNNING_METHODS`: the
+streaming RPCs plus ``BatchPredict``), reflection and health are routed on their exact
+gRPC path with ``timeout: 0s`` (no overall limit) and an idle timeout instead.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ __all__ = [
     "LONG_RUNNING_METHODS",
     "PASSTHROUGH_SERVICES",
     "READ_METHODS",
+    "REST_STREAMING_PATHS",
     "generate_config",
     "write_config",
     "main",
@@ -71,42 +79,79 @@ PASSTHROUGH_SERVICES: tuple[str, ...] = (
     "grpc.health.v1.Health",
 )
 
+_BUFFER_FILTER = "envoy.filters.http.buffer"
+_TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
 
-def _method_tables() -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
-    """(long-running methods, idempotent read methods) per full service name,
-    read from the descriptors so a new streaming RPC cannot be forgotten."""
-    long_running: dict[str, list[str]] = {}
-    reads: dict[str, list[str]] = {}
+
+def _path_template_regex(template: str) -> str:
+    """RE2 regex for a google.api.http path template (``/v1/{name=datasets/*}:x``)."""
+
+    def segment_regex(pattern: str) -> str:
+        parts = []
+        for seg in pattern.split("/"):
+            if seg == "**":
+                parts.append(".+")
+            elif seg == "*":
+                parts.append("[^/]+")
+            else:
+                parts.append(re.escape(seg))
+        return "/".join(parts)
+
+    out, pos = [], 0
+    for match in re.finditer(r"\{([^}=]+)(?:=([^}]*))?\}", template):
+        out.append(segment_regex(template[pos:match.start()]))
+        out.append(segment_regex(match.group(2) or "*"))
+        pos = match.end()
+    out.append(segment_regex(template[pos:]))
+    return "^" + "".join(out) + "$"
+
+
+def _method_tables() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(long-running gRPC paths, idempotent read gRPC paths, REST path regexes of
+    client-streaming methods), read from the descriptors so a new streaming RPC cannot
+    be forgotten."""
+    long_running: list[str] = []
+    reads: list[str] = []
+    rest_streaming: list[str] = []
     for fd in ROOT_FILES:
         for service in fd.services_by_name.values():
             if service.full_name not in SERVICES:
                 continue
             for method in service.methods:
+                path = f"/{service.full_name}/{method.name}"
                 streaming = method.client_streaming or method.server_streaming
                 # BatchPredict is unary but may run for minutes over a whole data set.
                 if streaming or method.name == "BatchPredict":
-                    long_running.setdefault(service.full_name, []).append(method.name)
+                    long_running.append(path)
                 elif method.name.startswith(("Get", "List", "Preview")):
-                    reads.setdefault(service.full_name, []).append(method.name)
-    return ({k: tuple(v) for k, v in long_running.items()},
-            {k: tuple(v) for k, v in reads.items()})
+                    reads.append(path)
+                if method.client_streaming:
+                    rule = method.GetOptions().Extensions[annotations_pb2.http]
+                    for binding in (rule, *rule.additional_bindings):
+                        kind = binding.WhichOneof("pattern")
+                        if kind and kind != "custom":
+                            rest_streaming.append(_path_template_regex(getattr(binding, kind)))
+    return tuple(long_running), tuple(reads), tuple(rest_streaming)
 
 
-_LONG, _READS = _method_tables()
-#: Full gRPC paths routed with ``timeout: 0s`` and a stream idle timeout:
-#: WatchTrainingJob, StreamPredict, UploadDataset, DownloadDataset, BatchPredict.
-LONG_RUNNING_METHODS: tuple[str, ...] = tuple(
-    f"/{service}/{method}" for service, methods in _LONG.items() for method in methods)
-#: Full gRPC paths of unary, idempotent reads (retried on UNAVAILABLE / connect failure).
-READ_METHODS: tuple[str, ...] = tuple(
-    f"/{service}/{method}" for service, methods in _READS.items() for method in methods)
+#: gRPC paths routed with ``timeout: 0s`` and an idle timeout: UploadDataset,
+#: DownloadDataset, WatchTrainingJob, StreamPredict, BatchPredict.
+#: READ_METHODS: gRPC paths of unary idempotent reads (retried when unreachable).
+#: REST_STREAMING_PATHS: regexes of the REST paths of client-streaming methods.
+LONG_RUNNING_METHODS, READ_METHODS, REST_STREAMING_PATHS = _method_tables()
 
 _ACCESS_LOG_FORMAT = (
-    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    '[%START_TIME%] "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% '
+    '%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% grpc=%GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% "
     "%BYTES_RECEIVED%>%BYTES_SENT% %DURATION%ms up=%UPSTREAM_CLUSTER% "
     "rid=%REQ(X-REQUEST-ID)%\n"
 )
+
+_NO_BUFFER = {_BUFFER_FILTER: {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+    "disabled": True,
+}}
 
 
 def _duration(seconds: float) -> str:
@@ -115,14 +160,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def _cluster_name(short: str) -> str:
-    return short
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
              health_interval_s: float, buffer_bytes: int) -> dict[str, Any]:
     return {
-        "name": _cluster_name(short),
+        "name": short,
         # STATIC needs an IP literal; LOGICAL_DNS resolves a host name.
         "type": "STATIC" if _is_ip(host) else "LOGICAL_DNS",
         "dns_lookup_family": "V4_PREFERRED",
@@ -130,7 +179,7 @@ def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
         "lb_policy": "ROUND_ROBIN",
         "per_connection_buffer_limit_bytes": buffer_bytes,
         "load_assignment": {
-            "cluster_name": _cluster_name(short),
+            "cluster_name": short,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
                 "socket_address": {"address": host, "port_value": port}}}}]}],
         },
@@ -145,8 +194,8 @@ def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
         "health_checks": [{
             "timeout": "1s",
             "interval": _duration(health_interval_s),
-            # Without this, a cluster that has seen no traffic yet is checked only
-            # every 60 s, so a freshly started service would look down for a minute.
+            # Without this a cluster that has seen no traffic yet is checked only every
+            # 60 s, so a service that was down at start would look down for a minute.
             "no_traffic_interval": _duration(health_interval_s),
             "unhealthy_interval": _duration(health_interval_s),
             "interval_jitter": "0.2s",
@@ -154,8 +203,9 @@ def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
             "healthy_threshold": 1,
             "grpc_health_check": {"service_name": SERVICE_NAMES[short]},
         }],
-        # Below the 50 % panic threshold Envoy still sends to all hosts; with one host
-        # per cluster a failed check therefore never blackholes the service outright.
+        # With one host per cluster, an unhealthy host puts the cluster in panic mode
+        # (below the 50 % threshold) and Envoy still tries it: a failed check never
+        # blackholes a service outright, it only shows up in /clusters and stats.
         "circuit_breakers": {"thresholds": [{
             "priority": "DEFAULT",
             "max_connections": 256,
@@ -166,52 +216,44 @@ def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
     }
 
 
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _routes(*, route_timeout_s: float, streaming_idle_timeout_s: float) -> list[dict[str, Any]]:
-    routes: list[dict[str, Any]] = []
     short_of = {full: short for short, full in SERVICE_NAMES.items()}
+    unary = {
+        "timeout": _duration(route_timeout_s),
+        "max_stream_duration": {"grpc_timeout_header_max": _duration(route_timeout_s)},
+    }
+    long = {
+        "timeout": "0s",
+        "idle_timeout": _duration(streaming_idle_timeout_s),
+        # Honour the client's grpc-timeout without a cap (0s = unlimited).
+        "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+    }
+    routes: list[dict[str, Any]] = []
 
     # 1. Long-running methods: exact gRPC path, no overall timeout, idle timeout only.
     for path in LONG_RUNNING_METHODS:
-        service = path.split("/")[1]
         routes.append({
             "name": f"long:{path}",
             "match": {"path": path},
-            "route": {
-                "cluster": _cluster_name(short_of[service]),
-                "timeout": "0s",
-                "idle_timeout": _duration(streaming_idle_timeout_s),
-                # Honour the client's grpc-timeout without a cap (0s = unlimited).
-                "max_stream_duration": {"grpc_timeout_header_max": "0s"},
-            },
+            "route": {"cluster": short_of[path.split("/")[1]], **long},
+            "typed_per_filter_config": _NO_BUFFER,
         })
 
     # 2. Idempotent reads: retried when the upstream is unreachable or says UNAVAILABLE.
     for path in READ_METHODS:
-        service = path.split("/")[1]
         routes.append({
             "name": f"read:{path}",
             "match": {"path": path},
             "route": {
-                "cluster": _cluster_name(short_of[service]),
-                "timeout": _duration(route_timeout_s),
-                "max_stream_duration": {"grpc_timeout_header_max": _duration(route_timeout_s)},
+                "cluster": short_of[path.split("/")[1]],
+                **unary,
                 "retry_policy": {
                     "retry_on": "unavailable,connect-failure,refused-stream",
                     "num_retries": 2,
-                    "per_try_timeout": _duration(route_timeout_s),
                     "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"},
                 },
             },
+            "typed_per_filter_config": _NO_BUFFER,
         })
 
     # 3. Everything else of a service, by gRPC path prefix.
@@ -219,24 +261,41 @@ def _routes(*, route_timeout_s: float, streaming_idle_timeout_s: float) -> list[
         routes.append({
             "name": f"svc:{full}",
             "match": {"prefix": f"/{full}/"},
-            "route": {
-                "cluster": _cluster_name(short),
-                "timeout": _duration(route_timeout_s),
-                "max_stream_duration": {"grpc_timeout_header_max": _duration(route_timeout_s)},
-            },
+            "route": {"cluster": short, **unary},
+            "typed_per_filter_config": _NO_BUFFER,
         })
 
-    # 4. Health and reflection (native gRPC only) go to the auth process. Reflection
-    #    is a bidirectional stream, so it gets the long-running treatment.
+    # 4. Health and reflection (native gRPC only) go to the auth process. Reflection is
+    #    a bidirectional stream and Health/Watch a server stream: no overall timeout.
     for full in PASSTHROUGH_SERVICES:
-        streaming = "Reflection" in full
-        route: dict[str, Any] = {"cluster": _cluster_name("auth")}
-        if streaming:
-            route.update({"timeout": "0s", "idle_timeout": _duration(streaming_idle_timeout_s)})
-        else:
-            # Health/Watch is a server stream too; Check is unary.
-            route.update({"timeout": "0s", "idle_timeout": _duration(streaming_idle_timeout_s)})
-        routes.append({"name": f"aux:{full}", "match": {"prefix": f"/{full}/"}, "route": route})
+        routes.append({
+            "name": f"aux:{full}",
+            "match": {"prefix": f"/{full}/"},
+            "route": {"cluster": "auth", **long},
+            "typed_per_filter_config": _NO_BUFFER,
+        })
+
+    # 5. REST paths of client-streaming methods. Only matched *before* transcoding (the
+    #    transcoder then rewrites the path to the gRPC one and the router re-matches on
+    #    the routes above); they exist to switch the whole-body limit off for streams.
+    for regex in REST_STREAMING_PATHS:
+        routes.append({
+            "name": f"rest-stream:{regex}",
+            "match": {"safe_regex": {"regex": regex}},
+            "direct_response": {"status": 404, "body": {
+                "inline_string": "No such method: use POST with a JSON body.\n"}},
+            "typed_per_filter_config": _NO_BUFFER,
+        })
+
+    # 6. Catch-all. REST requests match it before transcoding (so the buffer filter's body
+    #    limit applies to them); anything that is neither a known gRPC path nor REST that
+    #    the transcoder understood ends here with a clear 404 instead of a hang.
+    routes.append({
+        "name": "not-found",
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {
+            "inline_string": "Not found: no such API path.\n"}},
+    })
     return routes
 
 
@@ -262,8 +321,9 @@ def generate_config(
 
     ``upstreams`` maps each short name (``auth``, ``dataset``, ``trainer``,
     ``evaluator``, ``predictor``) to ``(host, port)``; all five are required.
-    ``descriptor_path`` is where the descriptor set (:func:`build_descriptor_set`)
-    is or will be written; Envoy reads it at start-up.
+    ``descriptor_path`` is where the descriptor set (:func:`build_descriptor_set`) is,
+    or will be, written; Envoy reads it at start-up. ``max_request_bytes`` caps
+    REST/JSON request bodies (413 above it); see the module docstring for the others.
     """
     missing = set(SERVICE_NAMES) - set(upstreams)
     unknown = set(upstreams) - set(SERVICE_NAMES)
@@ -287,13 +347,15 @@ def generate_config(
         "auto_mapping": False,
         "convert_grpc_status": True,
         "ignore_unknown_query_parameters": True,
+        # Bounds only the transcoder's unconverted input, not the body (see docstring).
         "max_request_body_size": max_request_bytes,
         "max_response_body_size": max_response_bytes,
     }
     if reject_unknown_method:
-        # Unknown REST paths get a 404 from the transcoder instead of being passed to
-        # the router as-is. Requests with content-type application/grpc are never
-        # transcoded, so native gRPC (incl. health and reflection) is unaffected.
+        # REST paths that map to no method get the transcoder's 404 ("Could not resolve
+        # /v1/x to a method") instead of going to the router. Requests with content-type
+        # application/grpc are never transcoded, so native gRPC (incl. health and
+        # reflection) is unaffected (tested).
         transcoder["request_validation_options"] = {"reject_unknown_method": True}
 
     hcm: dict[str, Any] = {
@@ -331,17 +393,21 @@ def generate_config(
             }],
         },
         "http_filters": [
-            {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
+            {"name": _BUFFER_FILTER, "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": max_request_bytes}},
+            {"name": _TRANSCODER_FILTER, "typed_config": transcoder},
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
     }
 
     clusters = [
-        _cluster(short, host, int(port), connect_timeout_s=connect_timeout_s,
+        _cluster(short, upstreams[short][0], int(upstreams[short][1]),
+                 connect_timeout_s=connect_timeout_s,
                  health_interval_s=health_check_interval_s,
                  buffer_bytes=connection_buffer_bytes)
-        for short, (host, port) in ((s, upstreams[s]) for s in SERVICE_NAMES)
+        for short in SERVICE_NAMES
     ]
 
     return {
@@ -378,7 +444,7 @@ def write_config(path: str | os.PathLike[str], **kwargs: Any) -> None:
     config = generate_config(**kwargs)
     tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(config, fh, sort_keys=False, default_flow_style=False)
+        yaml.safe_dump(config, fh, sort_keys=False, default_flow_style=False, width=1000)
     os.replace(tmp, path)
 
 
@@ -393,17 +459,20 @@ def _parse_upstream(text: str) -> tuple[str, tuple[str, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m deploy.envoy.generate_config --upstream auth=127.0.0.1:50051 ...
+    --listen-port 8080 --admin-port 9901 --descriptor nbml.pb --output envoy.yaml``."""
     parser = argparse.ArgumentParser(
         prog="python -m deploy.envoy.generate_config",
         description="Write the Envoy bootstrap (YAML) and the descriptor set it loads.")
     parser.add_argument("--upstream", action="append", type=_parse_upstream, required=True,
                         metavar="NAME=HOST:PORT",
-                        help=f"one per service: {', '.join(SERVICE_NAMES)}")
+                        help=f"once per service: {', '.join(SERVICE_NAMES)}")
     parser.add_argument("--listen-address", default="127.0.0.1")
     parser.add_argument("--listen-port", type=int, required=True)
     parser.add_argument("--admin-port", type=int, required=True)
     parser.add_argument("--descriptor", required=True, metavar="OUT.pb",
-                        help="where to write the descriptor set")
+                        help="where to write the descriptor set (its absolute path goes "
+                             "into the config)")
     parser.add_argument("--output", required=True, metavar="envoy.yaml")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     parser.add_argument("--max-response-bytes", type=int, default=DEFAULT_MAX_RESPONSE_BYTES)
@@ -413,17 +482,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(upstreams) != len(args.upstream):
         parser.error("an upstream is given twice")
     descriptor = os.path.abspath(args.descriptor)
+    options = dict(upstreams=upstreams, listen_port=args.listen_port,
+                   admin_port=args.admin_port, descriptor_path=descriptor,
+                   listen_address=args.listen_address,
+                   max_request_bytes=args.max_request_bytes,
+                   max_response_bytes=args.max_response_bytes)
     try:
-        generate_config(upstreams=upstreams, listen_port=1, admin_port=1,
-                        descriptor_path=descriptor)
+        generate_config(**options)
     except ValueError as exc:
         parser.error(str(exc))
     write_descriptor_set(descriptor)
-    write_config(args.output, upstreams=upstreams, listen_port=args.listen_port,
-                 admin_port=args.admin_port, descriptor_path=descriptor,
-                 listen_address=args.listen_address,
-                 max_request_bytes=args.max_request_bytes,
-                 max_response_bytes=args.max_response_bytes)
+    write_config(args.output, **options)
     print(f"wrote {args.output} and {descriptor}", file=sys.stderr)
     return 0
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 BUSY_TIMEOUT_MS = 30_000
 
 
-def _use_wal(conn: sqlite3.Connection) -> None:
+def _use_wal(conn: sqlite3.Connection, path: str) -> None:
     """Switches the file to WAL mode (a persistent setting) unless it is already.
 
     Switching needs an exclusive lock and fails at once with "database is locked" when
@@ -42,7 +42,7 @@ def _use_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
         if time.monotonic() > deadline:
-            raise sqlite3.OperationalError(f"could not switch {conn} to WAL mode")
+            raise sqlite3.OperationalError(f"could not switch {path} to WAL mode")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
 
@@ -66,7 +66,7 @@ class SqliteConnections:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        _use_wal(conn)
+        _use_wal(conn, self.path)
         # In WAL mode NORMAL survives a process crash (what matters here); only a power
         # loss can drop the last transactions.
         conn.execute("PRAGMA synchronous = NORMAL")

@@ -24,7 +24,8 @@ The canonical frame that `read_table` returns:
 CSV dialect: RFC 4180 quoting with double quotes (a quoted cell may hold the
 delimiter, quotes as `""`, and line breaks); the delimiter is a comma unless the
 header line has more semicolons, tabs or pipes than commas. Blank lines are
-skipped. A UTF-8 byte order mark is accepted and removed.
+skipped. A UTF-8 byte order mark is accepted and removed. With `;` as the delimiter,
+numbers may use a decimal comma (`3,5`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ NA_TOKENS = frozenset({
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _LEADING_ZERO = r"[+-]?0\d"
 _INTEGER = r"[+-]?\d+"
+_DECIMAL_COMMA = r"[+-]?\d*,\d+"
 _INT64_DIGITS = 18  # integers with more digits may not fit in int64
 
 
@@ -328,11 +330,10 @@ def _read_csv(data: bytes) -> pd.DataFrame:
         raise _one("EMPTY_FILE", "the file holds only blank lines")
     names = _check_header(header, header_line)
     if ragged:
+        rows = "1 row has" if ragged_total == 1 else f"{ragged_total} rows have"
         raise _bad("CSV_PARSE_ERROR",
-                   f"{ragged_total} row{'s' if ragged_total != 1 else ''} "
-                   "have a different number of fields than the header"
-                   if ragged_total != 1 else "1 row has a different number of fields "
-                   "than the header", ragged, ragged_total)
+                   f"{rows} a different number of fields than the header",
+                   ragged, ragged_total)
     if data_rows == 0:
         raise _one("NO_ROWS", f"the file has a header (line {header_line}) but no data rows")
 
@@ -342,7 +343,8 @@ def _read_csv(data: bytes) -> pd.DataFrame:
                         engine="c", index_col=False)
     if len(frame) != data_rows:  # pragma: no cover - the parsers should agree
         frame = _frame_from_csv_module(text, delimiter, names)
-    return _normalize_text_frame(frame)
+    # With `;` as the delimiter (European spreadsheets), `3,5` is a decimal comma.
+    return _normalize_text_frame(frame, decimal_comma=delimiter == ";")
 
 
 def _ragged(start: int, end: int, found: int, expected: int, header_line: int,
@@ -397,15 +399,15 @@ def _check_unique(names: list[str], where: str) -> None:
         raise _bad("DUPLICATE_HEADER", "column names must be unique", descriptions)
 
 
-def _normalize_text_frame(frame: pd.DataFrame) -> pd.DataFrame:
+def _normalize_text_frame(frame: pd.DataFrame, decimal_comma: bool = False) -> pd.DataFrame:
     """All-text frame (empty string = missing) -> canonical dtypes."""
     columns = {}
     for name in frame.columns:
-        columns[name] = _convert_text_column(frame[name])
+        columns[name] = _convert_text_column(frame[name], decimal_comma)
     return pd.DataFrame(columns, index=pd.RangeIndex(len(frame)))
 
 
-def _convert_text_column(raw: pd.Series) -> pd.Series:
+def _convert_text_column(raw: pd.Series, decimal_comma: bool = False) -> pd.Series:
     cells = raw.astype("str").str.strip()
     missing = cells.eq("")
     present = cells[~missing]
@@ -414,6 +416,10 @@ def _convert_text_column(raw: pd.Series) -> pd.Series:
         return as_text
     numbers = pd.to_numeric(present, errors="coerce")
     failed = numbers.isna()
+    if decimal_comma and failed.any() and present[failed].str.fullmatch(_DECIMAL_COMMA).any():
+        present = present.str.replace(",", ".", regex=False)
+        numbers = pd.to_numeric(present, errors="coerce")
+        failed = numbers.isna()
     if failed.any():
         na_marker = present[failed].str.lower().isin(NA_TOKENS)
         if not na_marker.all() or na_marker.sum() == len(present):

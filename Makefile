@@ -1,0 +1,41 @@
+# The two commands of the README: `make up` and `make test`. Everything they need is
+# installed here, into .venv (Python, by uv from uv.lock) and build/ (buf, by npm).
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+BUF_VERSION := 1.75.0
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+BUF := build/tools/node_modules/.bin/buf
+PORT ?= 8080
+
+.PHONY: up test venv gen lint-protos check-generated clean
+
+up: venv
+	$(UV) run nbml up --port $(PORT)
+
+test: venv lint-protos
+	$(UV) run pytest -q
+
+venv: $(UV)
+	$(UV) sync --frozen
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install -q uv==$(UV_VERSION)
+
+# Regenerates the Python gRPC code in clients/python/src/nbml/v1 from protos/.
+gen: venv
+	$(UV) run python tools/gen_protos.py
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix build/tools @bufbuild/buf@$(BUF_VERSION)
+
+# buf's registry is not reachable everywhere, so googleapis' annotations come from the
+# googleapis-common-protos wheel already in the venv.
+lint-protos: venv $(BUF)
+	mkdir -p build/protodeps/google/api
+	src=$$($(UV) run --frozen python -c 'import google.api; print(list(google.api.__path__)[0])') && \
+	  for f in annotations http httpbody field_behavior; do cp "$$src/$$f.proto" build/protodeps/google/api/; done
+	$(BUF) lint
+
+clean:
+	rm -rf .venv .tools build

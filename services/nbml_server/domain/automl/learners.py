@@ -1,0 +1,277 @@
+"""The registry of model families ("learners").
+
+Each learner declares, in one place: which tasks it handles, which preprocessing it
+needs (`preprocessing.SCALED` or `preprocessing.TREE`), a rough relative cost, a
+row limit, its default configurations (the portfolio tried first), its search space
+and how to build the estimator from a parameter dict. Parameter values are plain
+JSON-friendly values (str, int, float, bool, None).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.ensemble import (ExtraTreesClassifier, ExtraTreesRegressor,
+                              HistGradientBoostingClassifier, HistGradientBoostingRegressor,
+                              RandomForestClassifier, RandomForestRegressor)
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, SVR
+
+from .preprocessing import SCALED, TREE
+from .tasks import CLASSIFICATION, REGRESSION
+
+# At most this many cores for one model (the workers run on small machines).
+N_JOBS = 2
+# k-NN and kernel SVMs scale badly with rows; they are skipped above this.
+LARGE_DATA_ROWS = 20_000
+
+
+class ParamSampler(Protocol):
+    """What a search space draws parameters from (an Optuna trial, prefixed)."""
+
+    def float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+    def int(self, name: str, low: int, high: int, *, log: bool = False) -> int: ...
+
+    def categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class LearnerContext:
+    task: str
+    n_rows: int  # rows a model is fit on in cross-validation
+    n_classes: int = 0
+    min_class_count: int = 0  # rows in the rarest class, for classification
+    seed: int = 0
+    n_jobs: int = N_JOBS
+
+
+def _unit_cost(params: Mapping[str, Any]) -> float:
+    return 1.0
+
+
+@dataclass(frozen=True)
+class Learner:
+    name: str
+    tasks: frozenset[str]
+    preprocessing: str
+    relative_cost: float  # rough cost of the default configuration, logistic = 1
+    defaults: Callable[[LearnerContext], list[dict]]
+    space: Callable[[ParamSampler, LearnerContext], dict]
+    build: Callable[[Mapping[str, Any], LearnerContext], Any]
+    max_rows: int | None = None
+    # Cost of a configuration relative to the default one (e.g. trees / 100).
+    cost_factor: Callable[[Mapping[str, Any]], float] = field(default=_unit_cost)
+
+    def supports(self, task: str, n_rows: int) -> bool:
+        return task in self.tasks and (self.max_rows is None or n_rows <= self.max_rows)
+
+
+BOTH = frozenset({CLASSIFICATION, REGRESSION})
+
+
+# --------------------------------------------------------------------------- linear
+
+def _logistic_space(s: ParamSampler, ctx: LearnerContext) -> dict:
+    return {"C": s.float("C", 1e-3, 1e3, log=True),
+            "class_weight": s.categorical("class_weight", [None, "balanced"])}
+
+
+def _logistic_build(p: Mapping[str, Any], ctx: LearnerContext):
+    return LogisticRegression(C=p["C"], class_weight=p["class_weight"], max_iter=2000,
+                              random_state=ctx.seed)
+
+
+def _ridge_space(s: ParamSampler, ctx: LearnerContext) -> dict:
+    return {"alpha": s.float("alpha", 1e-3, 1e3, log=True)}
+
+
+def _ridge_build(p: Mapping[str, Any], ctx: LearnerContext):
+    return Ridge(alpha=p["alpha"], random_state=ctx.seed)
+
+
+# ---------------------------------------------------------------------------- k-NN
+
+def _knn_max_neighbors(ctx: LearnerContext) -> int:
+    return max(1, min(50, ctx.n_rows - 1))
+
+
+def _knn_defaults(ctx: LearnerContext) -> list[dict]:
+    return [{"n_neighbors": min(15, _knn_max_neighbors(ctx)), "weights": "distance"}]
+
+
+def _knn_space(s: ParamSampler, ctx: LearnerContext) -> dict:
+    high = _knn_max_neighbors(ctx)
+    return {"n_neighbors": s.int("n_neighbors", 1, high, log=True) if high > 1 else 1,
+            "weights": s.categorical("weights", ["uniform", "distance"])}
+
+
+def _knn_build(p: Mapping[str, Any], ctx: LearnerContext):
+    cls = KNeighborsClassifier if ctx.task == CLASSIFICATION else KNeighborsRegressor
+    return cls(n_neighbors=min(int(p["n_neighbors"]), max(1, ctx.n_rows - 1)),
+               weights=p["weights"], n_jobs=1)
+
+
+# ------------------------------------------------------------------ gradient boosting
+
+def _hgb_defaults(ctx: LearnerContext) -> list[dict]:
+    return [
+        {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 31, "min_samples_leaf": 20,
+         "l2_regularization": 1e-8, "max_features": 1.0},
+        {"learning_rate": 0.05, "max_iter": 300, "max_leaf_nodes": 15, "min_samples_leaf": 10,
+         "l2_regularization": 1e-2, "max_features": 0.6},
+    ]
+
+
+def _hgb_space(s: ParamSampler, ctx: LearnerContext) -> dict:
+    return {"learning_rate": s.float("learning_rate", 0.01, 0.3, log=True),
+            "max_iter": s.int("max_iter", 50, 500, log=True),
+            "max_leaf_nodes": s.int("max_leaf_nodes", 4, 128, log=True),
+            "min_samples_leaf": s.int("min_samples_leaf", 2, 100, log=True),
+            "l2_regularization": s.float("l2_regularization", 1e-8, 10.0, log=True),
+            "max_features": s.float("max_features", 0.3, 1.0)}
+
+
+def _hgb_build(p: Mapping[str, Any], ctx: LearnerContext):
+    cls = (HistGradientBoostingClassifier if ctx.task == CLASSIFICATION
+           else HistGradientBoostingRegressor)
+    return cls(learning_rate=p["learning_rate"], max_iter=int(p["max_iter"]),
+               max_leaf_nodes=int(p["max_leaf_nodes"]),
+               min_samples_leaf=int(p["min_samples_leaf"]),
+               l2_regularization=p["l2_regularization"], max_features=p["max_features"],
+               early_stopping="auto", random_state=ctx.seed)
+
+
+def _hgb_cost(p: Mapping[str, Any]) -> float:
+    return max(0.2, p.get("max_iter", 100) / 100)
+
+
+# -------------------------------------------------------------------------- forests
+
+_MAX_FEATURES = ["sqrt", 0.3, 0.6, 1.0]
+
+
+def _forest_defaults(ctx: LearnerContext) -> list[dict]:
+    max_features = "sqrt" if ctx.task == CLASSIFICATION else 0.6
+    return [{"n_estimators": 200, "max_features": max_features, "min_samples_leaf": 1}]
+
+
+def _forest_space(s: ParamSampler, ctx: LearnerContext) -> dict:
+    return {"n_estimators": s.int("n_estimators", 50, 500, log=True),
+            "max_features": s.categorical("max_features", _MAX_FEATURES),
+            "min_samples_leaf": s.int("min_samples_leaf", 1, 20, log=True)}
+
+
+def _forest_builder(classifier, regressor):
+    def build(p: Mapping[str, Any], ctx: LearnerContext):
+        cls = classifier if ctx.task == CLASSIFICATION else regressor
+        return cls(n_estimators=int(p["n_estimators"]), max_features=p["max_features"],
+                   min_samples_leaf=int(p["min_samples_leaf"]), n_jobs=ctx.n_jobs,
+                   random_state=ctx.seed)
+    return build
+
+
+def _forest_cost(p: Mapping[str, Any]) -> float:
+    return max(0.2, p.get("n_estimators", 200) / 200)
+
+
+# ------------------------------------------------------------------------------ SVM
+
+_GAMMAS = ["scale", 0.001, 0.01, 0.1, 1.0]
+
+
+def _svm_defaults(ctx: LearnerContext) -> list[dict]:
+    if ctx.task == CLASSIFICATION:
+        return [{"C": 1.0, "gamma": "scale"}]
+    return [{"C": 1.0, "gamma": "scale", "epsilon": 0.1}]
+
+
+def _svm_space(s: ParamSampler, ctx: LearnerContext) -> dict:
+    params = {"C": s.float("C", 1e-2, 1e3, log=True), "gamma": s.categorical("gamma", _GAMMAS)}
+    if ctx.task == REGRESSION:
+        params["epsilon"] = s.float("epsilon", 1e-3, 1.0, log=True)
+    return params
+
+
+def _svm_build(p: Mapping[str, Any], ctx: LearnerContext):
+    if ctx.task == CLASSIFICATION:
+        # Probabilities by Platt scaling on inner cross-validation (SVC(probability=True)
+        # is deprecated since scikit-learn 1.9).
+        folds = max(2, min(3, ctx.min_class_count or 3))
+        return CalibratedClassifierCV(
+            SVC(C=p["C"], gamma=p["gamma"], kernel="rbf", cache_size=500, random_state=ctx.seed),
+            method="sigmoid", cv=folds, ensemble=False)
+    # The target is standardised so that C and epsilon mean the same on any scale.
+    return TransformedTargetRegressor(
+        regressor=SVR(C=p["C"], gamma=p["gamma"], epsilon=p["epsilon"], kernel="rbf",
+                      cache_size=500),
+        transformer=StandardScaler())
+
+
+# ------------------------------------------------------------------------------ MLP
+
+_HIDDEN = ["64", "128", "64,32", "128,64"]
+
+
+def _mlp_defaults(ctx: LearnerContext) -> list[dict]:
+    return [{"hidden_layer_sizes": "128", "alpha": 1e-4, "learning_rate_init": 1e-3}]
+
+
+def _mlp_space(s: ParamSampler, ctx: LearnerContext) -> dict:
+    return {"hidden_layer_sizes": s.categorical("hidden_layer_sizes", _HIDDEN),
+            "alpha": s.float("alpha", 1e-6, 1e-1, log=True),
+            "learning_rate_init": s.float("learning_rate_init", 1e-4, 1e-2, log=True)}
+
+
+def _mlp_build(p: Mapping[str, Any], ctx: LearnerContext):
+    kwargs = dict(hidden_layer_sizes=tuple(int(h) for h in str(p["hidden_layer_sizes"]).split(",")),
+                  alpha=p["alpha"], learning_rate_init=p["learning_rate_init"], max_iter=300,
+                  early_stopping=ctx.n_rows >= 1000, n_iter_no_change=10, random_state=ctx.seed)
+    if ctx.task == CLASSIFICATION:
+        return MLPClassifier(**kwargs)
+    return TransformedTargetRegressor(regressor=MLPRegressor(**kwargs), transformer=StandardScaler())
+
+
+def _mlp_cost(p: Mapping[str, Any]) -> float:
+    sizes = [int(h) for h in str(p.get("hidden_layer_sizes", "128")).split(",")]
+    return max(0.3, (sum(sizes) + math.prod(sizes[:2]) / 64) / 128)
+
+
+# ------------------------------------------------------------------------- registry
+
+def _registry(*learners: Learner) -> dict[str, Learner]:
+    return {learner.name: learner for learner in learners}
+
+
+# Cheapest first: the portfolio runs in this order.
+LEARNERS: dict[str, Learner] = _registry(
+    Learner("logistic_regression", frozenset({CLASSIFICATION}), SCALED, 1.0,
+            defaults=lambda ctx: [{"C": 1.0, "class_weight": None},
+                                  {"C": 0.1, "class_weight": None}],
+            space=_logistic_space, build=_logistic_build),
+    Learner("ridge", frozenset({REGRESSION}), SCALED, 1.0,
+            defaults=lambda ctx: [{"alpha": 1.0}, {"alpha": 10.0}],
+            space=_ridge_space, build=_ridge_build),
+    Learner("knn", BOTH, SCALED, 1.5, defaults=_knn_defaults, space=_knn_space,
+            build=_knn_build, max_rows=LARGE_DATA_ROWS),
+    Learner("hist_gradient_boosting", BOTH, TREE, 4.0, defaults=_hgb_defaults,
+            space=_hgb_space, build=_hgb_build, cost_factor=_hgb_cost),
+    Learner("extra_trees", BOTH, TREE, 4.0, defaults=_forest_defaults, space=_forest_space,
+            build=_forest_builder(ExtraTreesClassifier, ExtraTreesRegressor),
+            cost_factor=_forest_cost),
+    Learner("random_forest", BOTH, TREE, 6.0, defaults=_forest_defaults, space=_forest_space,
+            build=_forest_builder(RandomForestClassifier, RandomForestRegressor),
+            cost_factor=_forest_cost),
+    Learner("svm", BOTH, SCALED, 6.0, defaults=_svm_defaults, space=_svm_space,
+            build=_svm_build, max_rows=LARGE_DATA_ROWS),
+    Learner("mlp", BOTH, SCALED, 8.0, defaults=_mlp_defaults, space=_mlp_space,
+            build=_mlp_build, cost_factor=_mlp_cost),
+)

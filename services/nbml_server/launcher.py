@@ -1,0 +1,159 @@
+"""Starts the whole platform on one machine: five services, one worker, Envoy.
+
+Used by `nbml up` and by the end-to-end tests. Each service is its own process, started
+with port 0; it prints `LISTENING <name> <host:port>` once serving, which is how the
+launcher learns its port (no fixed ports, no sleeps). Envoy is configured from those
+ports and started last; its readiness (`/ready` = LIVE) means every upstream passed its
+first health check.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from deploy.envoy.process import EnvoyProcess
+from nbml_server.domain.tokens import ensure_keypair
+from nbml_server.settings import Settings
+
+SERVICES = ("auth", "dataset", "trainer", "evaluator", "predictor")
+START_TIMEOUT_SECONDS = 60
+
+
+@dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen
+    address: str = ""
+
+
+@dataclass
+class LocalPlatform:
+    """The mesh as child processes. `start()` returns when Envoy serves every service."""
+
+    home: pathlib.Path
+    http_port: int = 8080
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    children: list[_Child] = field(default_factory=list)
+    envoy: EnvoyProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return self.envoy.address if self.envoy else ""
+
+    def start(self) -> "LocalPlatform":
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        settings = Settings(home=self.home)
+        ensure_keypair(settings.private_key_path, settings.public_key_path)
+        try:
+            for name in SERVICES:
+                self._spawn(name, f"nbml_server.{name}", "--port", "0")
+            for index in range(self.workers):
+                self._spawn(f"worker-{index + 1}", "nbml_server.worker")
+            for child in self.children:
+                child.address = self._await_listening(child)
+            upstreams = {c.name: tuple(_split(c.address)) for c in self.children
+                         if c.name in SERVICES}
+            self.envoy = EnvoyProcess(self.home / "envoy", upstreams=upstreams,
+                                      listen_port=self.http_port)
+            (self.home / "envoy").mkdir(exist_ok=True)
+            self.envoy.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+            self.envoy = None
+        for child in self.children:
+            if child.process.poll() is None:
+                child.process.terminate()
+        for child in self.children:
+            try:
+                child.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        self.children.clear()
+
+    def __enter__(self) -> "LocalPlatform":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def failed_children(self) -> list[str]:
+        return [c.name for c in self.children if c.process.poll() is not None]
+
+    def _spawn(self, name: str, module: str, *args: str) -> None:
+        env = {**os.environ, **self.env, "NBML_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        log = open(self.home / "logs" / f"{name}.log", "ab")
+        process = subprocess.Popen([sys.executable, "-m", module, *args], env=env,
+                                   stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        self.children.append(_Child(name, process))
+
+    def _await_listening(self, child: _Child) -> str:
+        line: list[bytes] = []
+        reader = threading.Thread(target=lambda: line.append(child.process.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(START_TIMEOUT_SECONDS)
+        text = line[0].decode().strip() if line else ""
+        if not text.startswith("LISTENING"):
+            raise RuntimeError(
+                f"{child.name} did not start (see {self.home / 'logs' / (child.name + '.log')})")
+        return text.split()[-1]
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve_forever(http_port: int = 8080, json_output: bool = False) -> None:
+    """`nbml up`: run in the foreground until Ctrl-C (or SIGTERM)."""
+    settings = Settings()
+    platform = LocalPlatform(settings.home, http_port=http_port)
+    # SIGTERM stops as Ctrl-C does, so the children never outlive us.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    started = time.monotonic()
+    try:
+        platform.start()
+    except KeyboardInterrupt:
+        return
+    info = {"address": platform.address, "grpc": platform.address,
+            "rest": f"http://{platform.address}", "home": str(settings.home),
+            "logs": str(settings.home / "logs"),
+            "services": {c.name: c.address for c in platform.children}}
+    if json_output:
+        print(json.dumps(info), flush=True)
+    else:
+        print(f"No Brains ML is up in {time.monotonic() - started:.1f} s\n"
+              f"  gRPC and REST: {platform.address}  (e.g. http://{platform.address}/v1/users/me)\n"
+              f"  data:          {settings.home}\n  logs:          {settings.home / 'logs'}\n"
+              "Press Ctrl-C to stop.", flush=True)
+    try:
+        while not platform.failed_children():
+            time.sleep(1.0)
+        print(f"stopping: {', '.join(platform.failed_children())} exited "
+              f"(see {settings.home / 'logs'})", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        platform.stop()
+    if not json_output:
+        print("stopped", flush=True)
