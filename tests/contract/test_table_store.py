@@ -1,6 +1,7 @@
 """Contract tests for the TableStore port, run against every adapter."""
 
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -8,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from nbml_server.adapters import sqlite_connections
 from nbml_server.adapters.sqlite_table_store import SqliteTableStore
 from nbml_server.ports.table_store import TABLES
 
@@ -156,14 +158,15 @@ def test_put_if_absent_has_one_winner_among_threads(store):
 
 
 # A separate Python process racing on the same SQLite file: waits for "go" on stdin,
-# tries every key, prints the keys it won.
+# opens the store, tries every key, prints the keys it won.
 _RACER = """
 import sys
+from nbml_server.adapters import sqlite_connections
 from nbml_server.adapters.sqlite_table_store import SqliteTableStore
-store = SqliteTableStore(sys.argv[1])
 name, keys = sys.argv[2], int(sys.argv[3])
 print("ready", flush=True)
 sys.stdin.readline()
+store = SqliteTableStore(sys.argv[1])
 won = [k for k in range(keys) if store.put_if_absent("users_by_name", f"user{k}", "", {"winner": name})]
 print(" ".join(map(str, won)), flush=True)
 store.close()
@@ -171,8 +174,9 @@ store.close()
 
 
 def test_put_if_absent_has_one_winner_among_processes(tmp_path):
-    path, keys, names = tmp_path / "store.db", 200, ["a", "b", "c"]
-    SqliteTableStore(path).close()  # create the schema before the race
+    # The processes also open the new file together, as the platform's services do at
+    # first start: switching it to WAL mode must not fail with "database is locked".
+    path, keys, names = tmp_path / "store.db", 200, ["a", "b", "c", "d"]
     racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(path), name, str(keys)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
               for name in names]
@@ -196,6 +200,38 @@ def test_put_if_absent_has_one_winner_among_processes(tmp_path):
         for name, ks in won.items():
             for k in ks:
                 assert store.get("users_by_name", f"user{k}", "") == {"winner": name}
+    finally:
+        store.close()
+
+
+def test_sqlite_open_waits_while_another_process_locks_a_new_file(tmp_path, monkeypatch):
+    # Switching a new file to WAL mode fails at once ("database is locked", without
+    # waiting for busy_timeout) while another connection holds its write lock: that
+    # happens when the services first start together on a new file.
+    path = tmp_path / "store.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock until COMMIT
+    retrying, real_sleep = threading.Event(), sqlite_connections.time.sleep
+
+    def sleep(seconds):
+        retrying.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(sqlite_connections.time, "sleep", sleep)
+    with ThreadPoolExecutor(1) as pool:
+        opening = pool.submit(SqliteTableStore, path)
+        # Ready when the opener hit the lock and is retrying (or gave up: result raises).
+        while not (retrying.wait(0.01) or opening.done()):
+            pass
+        other.execute("COMMIT")
+        store = opening.result(timeout=10)
+    other.close()
+    try:
+        store.put(T, "u1", "j1", {"v": 1})
+        assert store.get(T, "u1", "j1") == {"v": 1}
+        with sqlite3.connect(path) as check:
+            assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         store.close()
 

@@ -171,7 +171,7 @@ def to_python_value(value: Any) -> None | bool | int | float | str:
         f = float(value)
         return None if math.isnan(f) else f
     if isinstance(value, str):
-        return value
+        return str(value)  # np.str_ and other subclasses -> plain str
     if isinstance(value, decimal.Decimal):
         return None if value.is_nan() else float(value)
     if isinstance(value, np.datetime64):
@@ -749,8 +749,7 @@ class Client:
             update(job)
             if job.state in TERMINAL_JOB_STATES:
                 return job
-            if not use_watch:
-                time.sleep(poll_seconds)
+            time.sleep(poll_seconds)  # also keeps a stream that keeps ending from spinning
 
     def trials(self, job_id: str) -> list[trainer_service_pb2.Trial]:
         return self._pages(self._trainer.ListTrials, trainer_service_pb2.ListTrialsRequest(

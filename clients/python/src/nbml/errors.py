@@ -113,6 +113,7 @@ class NbmlError(Exception):
                         info = error_details_pb2.RequestInfo()
                         any_msg.Unpack(info)
                         request_id = request_id or info.request_id
+        request_id = request_id or meta.get("request_id", "")
         return cls(code or "UNKNOWN", message or "", reason, violations,
                    metadata=meta, request_id=request_id)
 

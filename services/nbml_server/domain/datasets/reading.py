@@ -37,6 +37,8 @@ import re
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ...errors import FieldViolation, InvalidArgument
@@ -58,10 +60,7 @@ NA_TOKENS = frozenset({
 })
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_LEADING_ZERO = r"[+-]?0\d"
-_INTEGER = r"[+-]?\d+"
-_DECIMAL_COMMA = r"[+-]?\d*,\d+"
-_INT64_DIGITS = 18  # integers with more digits may not fit in int64
+_DECIMAL_COMMA = r"^-?\d*,\d+$"
 
 
 def _bad(reason: str, message: str, descriptions: list[str], total: int | None = None,
@@ -114,9 +113,17 @@ def read_table(data: bytes, format: str | None = None) -> pd.DataFrame:  # noqa:
 
 
 # --------------------------------------------------------------------------- CSV
+#
+# How a CSV file is read: decode (UTF-8 only), parse the header record with the csv
+# module and check it, then parse the body with pyarrow's CSV reader (fast, strict
+# about field counts). When pyarrow refuses the file, or the quotes look unbalanced,
+# the whole file is scanned with the csv module, which knows line numbers, to say
+# precisely what is wrong; a file the scan accepts (pyarrow is stricter about
+# whitespace-only lines) is then parsed with pandas.
 
 
-def _decode(data: bytes) -> str:
+def _decode(data: bytes) -> tuple[str, bytes]:
+    """(text, the bytes without a UTF-8 BOM)."""
     if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         raise _one("UNSUPPORTED_ENCODING",
                    "the file is UTF-32 (it starts with a UTF-32 byte order mark); "
@@ -137,11 +144,11 @@ def _decode(data: bytes) -> str:
         raise _one("UNSUPPORTED_FORMAT",
                    "the file is gzip-compressed; upload the uncompressed CSV")
     bom = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    body = data[bom:] if bom else data
     try:
-        text = data[bom:].decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _one("UNSUPPORTED_ENCODING",
-                   _describe_bad_utf8(data[bom:], exc.start, bom)) from None
+        raise _one("UNSUPPORTED_ENCODING", _describe_bad_utf8(body, exc.start, bom)) from None
     nul = text.find("\x00")
     if nul >= 0:
         line = _count_lines(text[:nul])
@@ -150,13 +157,12 @@ def _decode(data: bytes) -> str:
                    f"the file contains a NUL byte at byte offset {offset} (line {line}); "
                    "it looks like UTF-16 without a byte order mark or a binary file, "
                    "not UTF-8 text; save as UTF-8 CSV")
-    return text
+    return text, body
 
 
 def _describe_bad_utf8(data: bytes, offset: int, bom: int) -> str:
     prefix = data[:offset].decode("utf-8")  # valid: the error is the first one
-    line = _count_lines(prefix)
-    where = f"line {line}"
+    where = f"line {_count_lines(prefix)}"
     column = _column_at(prefix)
     if column is not None:
         where += f", column {column!r}"
@@ -167,7 +173,7 @@ def _describe_bad_utf8(data: bytes, offset: int, bom: int) -> str:
 
 
 def _count_lines(text: str) -> int:
-    """1-based number of the line the end of `text` is on (\\n, \\r\\n and \\r break lines)."""
+    """1-based number of the line the end of `text` is on (\\n, \\r\\n and \\r end lines)."""
     return text.count("\n") + text.count("\r") - text.count("\r\n") + 1
 
 
@@ -201,8 +207,8 @@ def _count_outside_quotes(line: str, delimiter: str) -> int:
 
 
 def _detect_delimiter(header_line: str) -> str:
-    commas = _count_outside_quotes(header_line, ",")
-    best, best_count = ",", commas
+    """A comma, unless the header line has more semicolons, tabs or pipes."""
+    best, best_count = ",", _count_outside_quotes(header_line, ",")
     for candidate in (";", "\t", "|"):
         n = _count_outside_quotes(header_line, candidate)
         if n > best_count:
@@ -210,11 +216,8 @@ def _detect_delimiter(header_line: str) -> str:
     return best
 
 
-def _first_line(text: str) -> str:
-    for line in io.StringIO(text, newline=""):
-        if line.strip():
-            return line
-    return ""
+_BLANK_LINES = re.compile(r"(?:[ \t\f\v]*(?:\r\n|\r|\n))*")
+_LINE = re.compile(r"[^\r\n]*")
 
 
 class _Lines:
@@ -238,6 +241,32 @@ class _Lines:
         return line
 
 
+def _ensure_field_limit() -> None:
+    # A process-wide setting of the csv module, only ever raised: an unterminated
+    # quote makes one giant field, to be reported as such rather than as "field
+    # larger than field limit".
+    limit = 1 << 30
+    if csv.field_size_limit() < limit:
+        csv.field_size_limit(limit)
+
+
+def _read_header(text: str) -> tuple[list[str], int, str]:
+    """(cells of the header record, its line number, the delimiter)."""
+    start = _BLANK_LINES.match(text).end()
+    line = _count_lines(text[:start]) if start else 1
+    delimiter = _detect_delimiter(_LINE.match(text, start).group())
+    _ensure_field_limit()
+    size = 1 << 20
+    while True:
+        chunk = text[start:start + size]
+        reader = csv.reader(io.StringIO(chunk, newline=""), delimiter=delimiter)
+        cells = next(reader, [])
+        complete = start + size >= len(text) or next(reader, None) is not None
+        if complete:
+            return cells, line, delimiter
+        size *= 4
+
+
 def _unclosed_quote_line(lines: list[str], first_line: int, delimiter: str) -> int | None:
     """If the record made of `lines` ends inside a quoted field, the line number where
     that field's quote opened (csv module semantics, non-strict), else None."""
@@ -248,11 +277,7 @@ def _unclosed_quote_line(lines: list[str], first_line: int, delimiter: str) -> i
             if state == "start":
                 if ch == '"':
                     state, opened = "quoted", first_line + offset
-                elif ch == delimiter:
-                    state = "start"
-                elif ch in "\r\n":
-                    state = "start"
-                else:
+                elif ch != delimiter and ch not in "\r\n":
                     state = "unquoted"
             elif state == "unquoted":
                 if ch == delimiter or ch in "\r\n":
@@ -260,57 +285,38 @@ def _unclosed_quote_line(lines: list[str], first_line: int, delimiter: str) -> i
             elif state == "quoted":
                 if ch == '"':
                     state = "quote_in_quoted"
-            else:  # quote_in_quoted
-                if ch == '"':
-                    state = "quoted"
-                elif ch == delimiter or ch in "\r\n":
-                    state = "start"
-                else:
-                    state = "unquoted"
+            elif ch == '"':  # quote_in_quoted: a doubled quote
+                state = "quoted"
+            elif ch == delimiter or ch in "\r\n":
+                state = "start"
+            else:
+                state = "unquoted"
     return opened if state == "quoted" else None
 
 
-def _ensure_field_limit() -> None:
-    # Process-wide setting of the csv module; only ever raised. An unterminated quote
-    # makes one giant field, which we want to report as such, not as "field larger
-    # than field limit".
-    limit = 1 << 30
-    if csv.field_size_limit() < limit:
-        csv.field_size_limit(limit)
-
-
-def _read_csv(data: bytes) -> pd.DataFrame:
-    text = _decode(data)
-    if not text.strip():
-        raise _one("EMPTY_FILE", "the file holds only whitespace")
-    delimiter = _detect_delimiter(_first_line(text))
-    _ensure_field_limit()
-
+def _scan(text: str, delimiter: str, expected: int, header_line: int) -> int:
+    """Walk every record with the csv module; raise CSV_PARSE_ERROR for an
+    unterminated quote or rows with the wrong number of fields; return the number of
+    data rows."""
     lines = _Lines(text)
     reader = csv.reader(lines, delimiter=delimiter, quotechar='"', doublequote=True,
                         strict=False)
-    header: list[str] | None = None
-    header_line = 0
-    expected = 0
+    seen_header = False
     data_rows = 0
     ragged: list[str] = []
     ragged_total = 0
-    record_start = 1
-    last_start = 1
+    record_start = last_start = 1
     last_lines: list[str] = []
     try:
         for record in reader:
-            start = record_start
-            end = lines.count
+            start, end = record_start, lines.count
             record_start = end + 1
             last_start, last_lines = start, lines.current
             lines.current = []
             if not record or (len(record) == 1 and not record[0].strip()):
-                continue  # blank line
-            if header is None:
-                header, header_line, expected = record, start, len(record)
-                if expected > MAX_COLUMNS:
-                    break
+                continue  # a blank line
+            if not seen_header:
+                seen_header = True
                 continue
             data_rows += 1
             if len(record) != expected:
@@ -318,7 +324,7 @@ def _read_csv(data: bytes) -> pd.DataFrame:
                 if len(ragged) < MAX_VIOLATIONS:
                     ragged.append(_ragged(start, end, len(record), expected, header_line,
                                           delimiter))
-    except csv.Error as exc:  # pragma: no cover - non-strict reader rarely complains
+    except csv.Error as exc:  # pragma: no cover - the non-strict reader hardly complains
         raise _one("CSV_PARSE_ERROR", f"line {lines.count}: {exc}") from None
 
     opened = _unclosed_quote_line(last_lines, last_start, delimiter)
@@ -326,25 +332,11 @@ def _read_csv(data: bytes) -> pd.DataFrame:
         raise _one("CSV_PARSE_ERROR",
                    f"the quoted value that starts on line {opened} is never closed: "
                    "a double quote (\") is missing")
-    if header is None:
-        raise _one("EMPTY_FILE", "the file holds only blank lines")
-    names = _check_header(header, header_line)
     if ragged:
         rows = "1 row has" if ragged_total == 1 else f"{ragged_total} rows have"
-        raise _bad("CSV_PARSE_ERROR",
-                   f"{rows} a different number of fields than the header",
+        raise _bad("CSV_PARSE_ERROR", f"{rows} a different number of fields than the header",
                    ragged, ragged_total)
-    if data_rows == 0:
-        raise _one("NO_ROWS", f"the file has a header (line {header_line}) but no data rows")
-
-    frame = pd.read_csv(io.StringIO(text), sep=delimiter, header=0, names=names,
-                        dtype=str, na_filter=False, keep_default_na=False,
-                        skip_blank_lines=True, quotechar='"', doublequote=True,
-                        engine="c", index_col=False)
-    if len(frame) != data_rows:  # pragma: no cover - the parsers should agree
-        frame = _frame_from_csv_module(text, delimiter, names)
-    # With `;` as the delimiter (European spreadsheets), `3,5` is a decimal comma.
-    return _normalize_text_frame(frame, decimal_comma=delimiter == ";")
+    return data_rows
 
 
 def _ragged(start: int, end: int, found: int, expected: int, header_line: int,
@@ -353,35 +345,111 @@ def _ragged(start: int, end: int, found: int, expected: int, header_line: int,
     header = "the header" if header_line == 1 else f"the header (line {header_line})"
     text = f"{where} has {found} field{'s' if found != 1 else ''}, {header} has {expected}"
     if found > expected:
-        shown = "tab" if delimiter == "\t" else repr(delimiter)
+        shown = "a tab" if delimiter == "\t" else repr(delimiter)
         text += f" (a value containing {shown} must be enclosed in double quotes)"
     return text
 
 
-def _frame_from_csv_module(text: str, delimiter: str, names: list[str]) -> pd.DataFrame:
-    rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-            if r and not (len(r) == 1 and not r[0].strip())]
-    return pd.DataFrame(rows[1:], columns=names, dtype=str)
+def _arrow_csv(body: bytes, delimiter: str, raw_names: list[str]) -> pa.Table | None:
+    """The body parsed by pyarrow, every column as text; None when pyarrow refuses it."""
+    try:
+        return pacsv.read_csv(
+            pa.BufferReader(body),
+            read_options=pacsv.ReadOptions(use_threads=True),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"',
+                                             double_quote=True, escape_char=False,
+                                             newlines_in_values=True,
+                                             ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.large_string() for name in raw_names},
+                strings_can_be_null=False, quoted_strings_can_be_null=False,
+                null_values=[], check_utf8=False),
+        )
+    except (pa.ArrowException, ValueError):
+        return None
+
+
+def _quotes_suspect(text: str, table: pa.Table) -> bool:
+    """pyarrow silently accepts an unterminated quote (the value runs to the end of
+    the file). An odd number of quotes, or a line break in the last row, is worth a
+    precise scan."""
+    if text.count('"') % 2:
+        return True
+    if table.num_rows == 0 or '"' not in text:
+        return False
+    last = table.slice(table.num_rows - 1)
+    return any(("\n" in (v or "") or "\r" in (v or ""))
+               for v in (col[0].as_py() for col in last.columns))
+
+
+def _read_csv(data: bytes) -> pd.DataFrame:
+    text, body = _decode(data)
+    if not text.strip():
+        raise _one("EMPTY_FILE", "the file holds only whitespace")
+    raw_names, header_line, delimiter = _read_header(text)
+    if not raw_names or (len(raw_names) == 1 and not raw_names[0].strip()):
+        raise _one("EMPTY_FILE", "the file holds only blank lines")
+    table = None
+    if len(set(raw_names)) == len(raw_names) and len(raw_names) <= MAX_COLUMNS:
+        table = _arrow_csv(body, delimiter, raw_names)
+    if table is not None and list(table.column_names) != raw_names:
+        table = None  # pyarrow read the header differently; trust the csv module
+    if table is None or _quotes_suspect(text, table):
+        # A precise scan raises the parse errors (unclosed quote, ragged rows) ...
+        expected = len(raw_names)
+        if expected <= MAX_COLUMNS:
+            data_rows = _scan(text, delimiter, expected, header_line)
+        names = _check_header(raw_names, header_line)
+        if data_rows == 0:
+            raise _one("NO_ROWS", f"the file has a header (line {header_line}) "
+                                  "but no data rows")
+        if table is None or table.num_rows != data_rows:
+            table = _pandas_csv(text, delimiter, names, data_rows)
+    else:
+        names = _check_header(raw_names, header_line)
+    if table.num_rows == 0:
+        raise _one("NO_ROWS", f"the file has a header (line {header_line}) but no data rows")
+    # With `;` as the delimiter (European spreadsheets), `3,5` is a decimal comma.
+    decimal_comma = delimiter == ";"
+    columns = {name: _convert_text_column(table.column(i), decimal_comma)
+               for i, name in enumerate(names)}
+    return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows))
+
+
+def _pandas_csv(text: str, delimiter: str, names: list[str], data_rows: int) -> pa.Table:
+    frame = pd.read_csv(io.StringIO(text), sep=delimiter, header=0, names=names,
+                        dtype=str, na_filter=False, keep_default_na=False,
+                        skip_blank_lines=True, quotechar='"', doublequote=True,
+                        engine="c", index_col=False)
+    if len(frame) != data_rows:  # pragma: no cover - the parsers should agree
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+                if r and not (len(r) == 1 and not r[0].strip())]
+        frame = pd.DataFrame(rows[1:], columns=names, dtype=str)
+    return pa.table({f"c{i}": pa.array(frame.iloc[:, i].to_numpy(dtype=object),
+                                       pa.large_string())
+                     for i in range(len(names))})
 
 
 def _check_header(cells: list[str], line: int) -> list[str]:
+    """The column names (stripped), or MISSING_HEADER / DUPLICATE_HEADER /
+    TOO_MANY_COLUMNS."""
+    where = "the header" if line == 1 else f"the header (line {line})"
     if len(cells) > MAX_COLUMNS:
         raise _one("TOO_MANY_COLUMNS",
-                   f"the header (line {line}) has {len(cells)} columns; "
-                   f"at most {MAX_COLUMNS:,} are allowed")
+                   f"{where} has {len(cells):,} columns; at most {MAX_COLUMNS:,} are allowed")
     names = [c.strip() for c in cells]
-    where = "the header" if line == 1 else f"the header (line {line})"
     empty = [f"column {i} of {where} has no name" for i, n in enumerate(names, 1) if not n]
     if empty:
-        raise _bad("MISSING_HEADER", f"{len(empty)} column(s) have no name in the header",
-                   empty)
+        raise _bad("MISSING_HEADER",
+                   f"{len(empty)} column{'s' if len(empty) != 1 else ''} of {where} "
+                   f"{'have' if len(empty) != 1 else 'has'} no name", empty)
     if all(_NUMBER.fullmatch(n) for n in names):
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise _one("MISSING_HEADER",
                    f"the first line (line {line}) looks like data, not column names "
                    f"(all its cells are numbers: {shown}); add a header line with "
                    "column names")
-    _check_unique(names, "the header" if line == 1 else f"the header (line {line})")
+    _check_unique(names, where)
     return names
 
 
@@ -399,45 +467,64 @@ def _check_unique(names: list[str], where: str) -> None:
         raise _bad("DUPLICATE_HEADER", "column names must be unique", descriptions)
 
 
-def _normalize_text_frame(frame: pd.DataFrame, decimal_comma: bool = False) -> pd.DataFrame:
-    """All-text frame (empty string = missing) -> canonical dtypes."""
-    columns = {}
-    for name in frame.columns:
-        columns[name] = _convert_text_column(frame[name], decimal_comma)
-    return pd.DataFrame(columns, index=pd.RangeIndex(len(frame)))
+# Text that must stay text even though pyarrow would read it as a number.
+_KEEP_AS_TEXT = r"^[+-]?0(\d|[xXbBoO])"
 
 
-def _convert_text_column(raw: pd.Series, decimal_comma: bool = False) -> pd.Series:
-    cells = raw.astype("str").str.strip()
-    missing = cells.eq("")
-    present = cells[~missing]
-    as_text = cells.where(~missing, np.nan).astype("str")
-    if present.empty:
-        return as_text
-    numbers = pd.to_numeric(present, errors="coerce")
-    failed = numbers.isna()
-    if decimal_comma and failed.any() and present[failed].str.fullmatch(_DECIMAL_COMMA).any():
-        present = present.str.replace(",", ".", regex=False)
-        numbers = pd.to_numeric(present, errors="coerce")
-        failed = numbers.isna()
-    if failed.any():
-        na_marker = present[failed].str.lower().isin(NA_TOKENS)
-        if not na_marker.all() or na_marker.sum() == len(present):
-            return as_text
-    numeric_present = present[~failed]
-    if numeric_present.str.match(_LEADING_ZERO).any():
-        return as_text  # codes such as zip codes keep their leading zeros
-    integers = numeric_present.str.fullmatch(_INTEGER)
-    if integers.all():
-        digits = numeric_present.str.lstrip("+-").str.len().max()
-        if digits > _INT64_DIGITS:
-            return as_text  # too big for int64: identifiers, not quantities
-        if not failed.any() and not missing.any():
-            return pd.to_numeric(cells, errors="raise").astype("int64")
-    values = np.full(len(cells), np.nan, dtype="float64")
-    positions = np.flatnonzero(~missing.to_numpy())[~failed.to_numpy()]
-    values[positions] = numbers[~failed].to_numpy(dtype="float64")
-    return pd.Series(values, index=raw.index, name=raw.name)
+def _any(mask) -> bool:
+    return pc.any(mask).as_py() is True
+
+
+def _try_cast(values, kind):
+    try:
+        return pc.cast(values, kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def _as_numbers(values, decimal_comma: bool):
+    """`values` (text, nulls for missing) as an int64 or float64 array, or None when
+    the column is not numeric."""
+    if _any(pc.match_substring_regex(values, _KEEP_AS_TEXT)):
+        return None  # leading zeros (zip codes, codes) or hex/binary/octal literals
+    unsigned = pc.replace_substring_regex(values, r"^\+", "")
+    numbers = _try_cast(unsigned, pa.int64())
+    if numbers is not None:
+        return numbers
+    integers = pc.match_substring_regex(unsigned, r"^-?\d+$")
+    if _any(integers) and pc.all(integers).as_py() is not False:
+        return None  # integers too big for int64: identifiers, not quantities
+    numbers = _try_cast(unsigned, pa.float64())
+    if numbers is not None:
+        return numbers
+    na = pc.is_in(pc.utf8_lower(unsigned), value_set=pa.array(sorted(NA_TOKENS),
+                                                              pa.large_string()))
+    if _any(na):
+        unsigned = pc.if_else(na, pa.scalar(None, unsigned.type), unsigned)
+        if unsigned.null_count == len(unsigned):
+            return None  # only missing markers: leave the text as it is
+        numbers = _try_cast(unsigned, pa.int64())
+        if numbers is None:
+            numbers = _try_cast(unsigned, pa.float64())
+        if numbers is not None:
+            return numbers
+    if decimal_comma and _any(pc.match_substring_regex(unsigned, _DECIMAL_COMMA)):
+        return _try_cast(pc.replace_substring(unsigned, ",", "."), pa.float64())
+    return None
+
+
+def _convert_text_column(column: pa.ChunkedArray, decimal_comma: bool = False) -> pd.Series:
+    """A text column (empty = missing) -> int64, float64 or str (see the module doc)."""
+    trimmed = pc.utf8_trim_whitespace(column)
+    values = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, trimmed.type), trimmed)
+    if values.null_count < len(values):
+        numbers = _as_numbers(values, decimal_comma)
+        if numbers is not None:
+            if numbers.null_count == 0 and pa.types.is_integer(numbers.type):
+                return pd.Series(numbers.to_numpy(), dtype="int64")
+            return pd.Series(pc.cast(numbers, pa.float64()).to_numpy(zero_copy_only=False),
+                             dtype="float64")
+    return values.to_pandas().astype("str")
 
 
 # --------------------------------------------------------------------------- Parquet

@@ -266,6 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NbmlError as e:
         out.error(_friendly(e, args.server))
         return 1
+    except BrokenPipeError:  # e.g. `nbml ... | head -1`: the reader went away
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
     except OSError as e:  # local files: --input, --rules, --output, ...
         name = f": {e.filename}" if e.filename else ""
         out.error(NbmlError("INVALID_ARGUMENT", f"{e.strerror or e}{name}", "LOCAL_FILE_ERROR"))

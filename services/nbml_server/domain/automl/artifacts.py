@@ -1,0 +1,74 @@
+"""Model artifacts: skops (never pickle). Loading trusts only ALLOWED_TYPES.
+
+skops loads the types it considers safe by default (plain containers, numpy arrays,
+most scikit-learn estimators) and reports the others as untrusted. We accept an
+artifact only if every type it reports is named in ALLOWED_TYPES, a list written
+here by hand from what our pipelines contain (the learners in `learners.py` and
+the transformers in `transformers.py`); anything else is refused with
+FailedPrecondition(UNTRUSTED_ARTIFACT).
+"""
+
+from __future__ import annotations
+
+import skops.io as sio
+from sklearn.pipeline import Pipeline
+
+from nbml_server.errors import FailedPrecondition
+
+_OWN = "nbml_server.domain.automl.transformers."
+
+ALLOWED_TYPES: frozenset[str] = frozenset({
+    # Our transformers.
+    _OWN + "SchemaCoercer",
+    _OWN + "DatePartsTransformer",
+    _OWN + "TextStatsTransformer",
+    # numpy.
+    "numpy.dtype",
+    # Fitted state of scikit-learn models that skops does not trust by default.
+    "sklearn.tree._tree.Tree",  # random_forest, extra_trees
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.calibration._CalibratedClassifier",  # svm (classification)
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.neighbors._kd_tree.KDTree",  # knn
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.EuclideanDistance32",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",  # mlp
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+})
+
+
+def save_model(pipeline) -> bytes:
+    """The fitted pipeline as skops bytes."""
+    return sio.dumps(pipeline)
+
+
+def untrusted_types(data: bytes) -> list[str]:
+    """Types in the artifact that skops does not trust by default."""
+    try:
+        return list(sio.get_untrusted_types(data=data))
+    except Exception as exc:  # noqa: BLE001 - not a skops file at all
+        raise FailedPrecondition(f"the model artifact cannot be read: {exc}",
+                                 reason="INVALID_ARTIFACT") from exc
+
+
+def load_model(data: bytes) -> Pipeline:
+    """The pipeline in `data`. Raises FailedPrecondition: UNTRUSTED_ARTIFACT when
+    the artifact holds a type outside ALLOWED_TYPES, INVALID_ARTIFACT when it
+    cannot be read or is not a Pipeline."""
+    found = untrusted_types(data)
+    refused = sorted(t for t in found if t not in ALLOWED_TYPES)
+    if refused:
+        raise FailedPrecondition(
+            f"the model artifact contains a type that is not allowed: {', '.join(refused)}",
+            reason="UNTRUSTED_ARTIFACT")
+    try:
+        model = sio.loads(data, trusted=found)
+    except Exception as exc:  # noqa: BLE001
+        raise FailedPrecondition(f"the model artifact cannot be read: {exc}",
+                                 reason="INVALID_ARTIFACT") from exc
+    if not isinstance(model, Pipeline):
+        raise FailedPrecondition(f"the model artifact holds a {type(model).__name__}, "
+                                 "not a Pipeline", reason="INVALID_ARTIFACT")
+    return model

@@ -1,0 +1,587 @@
+"""The AutoML search: validate the request, split off a holdout, cross-validate a
+portfolio of default configurations and then Optuna (TPE) suggestions within the
+time budget, and refit the best configuration of the best families.
+
+Class labels: the target is turned into strings (`columns.to_label`: 1.0 -> "1",
+True -> "True") before anything is fit, so every fitted classifier's `classes_`
+are strings, sorted, and `SearchResult.classes` lists them in `predict_proba`
+column order.
+
+Time: everything is measured with one monotonic clock (injectable for tests). A
+trial is started only when the time left for searching covers its expected cost
+(estimated from the same family's earlier trials, or from other families scaled by
+their relative cost); between folds a trial is abandoned when its remaining folds
+would overrun. Time for the refits is reserved from the estimated fit times. The
+first trial always runs to the end (possibly on fewer folds) so there is a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
+
+from nbml_server.errors import InvalidArgument
+
+from .columns import coerce_numeric, labels_of, resolve_column_types
+from .deadline import Clock, Deadline
+from .learners import LEARNERS, N_JOBS, Learner, LearnerContext
+from .preprocessing import build_preprocessor
+from .tasks import (CLASSIFICATION, REGRESSION, TARGET_FIELD, align_proba, better,
+                    classification_score, greater_is_better, regression_score,
+                    resolve_metric, resolve_task, sort_key)
+from .transformers import SchemaCoercer
+
+log = logging.getLogger(__name__)
+
+BUDGET_FIELD = "training_job.budget_seconds"
+DATASET_FIELD = "training_job.dataset"
+MAX_BUDGET_SECONDS = 86_400
+MIN_ROWS = 10
+LARGE_DATA_ROWS = 20_000  # above this, 3 folds
+PARALLEL_ROWS = 5_000  # from this many rows, models may use 2 cores
+MAX_REFIT_MODELS = 5
+REFIT_SLACK_FRACTION = 0.10
+REFIT_SLACK_SECONDS = 2.0
+MAX_CONSECUTIVE_SKIPS = 25
+FOLD_CACHE_BYTES = 256 * 2**20
+
+STAGE_SEARCHING = "searching"
+STAGE_REFITTING = "refitting"
+STAGE_DONE = "done"
+
+STOP_DEADLINE = "deadline"
+STOP_CANCELLED = "cancelled"
+STOP_MAX_TRIALS = "max_trials"
+
+
+@dataclass
+class SearchRequest:
+    frame: pd.DataFrame
+    target: str
+    task: str = "auto"
+    metric: str | None = None
+    budget_seconds: float = 60.0
+    column_types: dict[str, str] | None = None
+    seed: int = 0
+    cv_folds: int = 5
+    holdout_fraction: float = 0.2
+    # Restrict the search to these families (registry names); None: all that fit.
+    families: Sequence[str] | None = None
+    # Stop after this many trials (mostly for tests); None: until the budget is spent.
+    max_trials: int | None = None
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    number: int  # position in the order trials finished, from 0
+    family: str
+    params: dict[str, Any]
+    cv_score: float | None  # mean over the folds, in the metric's natural units
+    cv_score_std: float | None
+    fit_seconds: float  # fitting and scoring, summed over the folds
+    error: str | None = None
+    folds: int = 0  # folds completed
+
+
+@dataclass
+class FittedModel:
+    family: str
+    params: dict[str, Any]
+    cv_score: float
+    cv_score_std: float | None
+    pipeline: Pipeline
+    trial_number: int
+
+
+@dataclass
+class SearchResult:
+    task: str
+    metric: str
+    greater_is_better: bool
+    classes: list[str]  # classification: predict_proba column order; else []
+    feature_columns: list[str]  # input columns, in training order
+    column_types: dict[str, str]
+    trials: list[TrialResult]
+    models: list[FittedModel]  # best first; empty when no trial succeeded
+    holdout_frame: pd.DataFrame  # holdout rows as given, target column included
+    train_rows: int  # rows the models were refit on
+    stopped_early: bool  # should_stop() asked the search to stop
+    stop_reason: str = STOP_DEADLINE  # "deadline", "cancelled" or "max_trials"
+    ignored_columns: list[str] = field(default_factory=list)  # missing in every row
+    cv_folds: int = 0
+    elapsed_seconds: float = 0.0
+
+    @property
+    def best(self) -> FittedModel | None:
+        return self.models[0] if self.models else None
+
+
+def validate_budget(budget_seconds: float) -> float:
+    try:
+        budget = float(budget_seconds)
+    except (TypeError, ValueError):
+        budget = math.nan
+    if not (0 < budget <= MAX_BUDGET_SECONDS):
+        raise InvalidArgument.of(BUDGET_FIELD, f"must be more than 0 and at most "
+                                 f"{MAX_BUDGET_SECONDS} seconds, got {budget_seconds}",
+                                 reason="INVALID_BUDGET")
+    return budget
+
+
+# ---------------------------------------------------------------------- preparation
+
+@dataclass
+class _Prepared:
+    task: str
+    metric: str
+    classes: list[str]
+    feature_types: dict[str, str]
+    active_types: dict[str, str]
+    raw_X: pd.DataFrame  # search rows, raw
+    X: pd.DataFrame  # search rows, coerced to the schema
+    y: np.ndarray  # strings (classification) or floats
+    holdout: pd.DataFrame
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    min_class_count: int
+
+
+def _preview(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(str(n) for n in list(names)[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _prepare(request: SearchRequest) -> _Prepared:
+    frame = request.frame
+    if request.target not in frame.columns:
+        raise InvalidArgument.of(
+            TARGET_FIELD, f"column '{request.target}' is not in the data set; available: "
+            f"{_preview(list(frame.columns))}", reason="UNKNOWN_TARGET_COLUMN")
+    features = [c for c in frame.columns if c != request.target]
+    if not features:
+        raise InvalidArgument.of(TARGET_FIELD, "the data set has no column besides the target "
+                                 "to learn from", reason="NO_FEATURE_COLUMNS")
+    if not 0 <= request.holdout_fraction < 0.9:
+        raise ValueError(f"holdout_fraction must be in [0, 0.9), got {request.holdout_fraction}")
+    if request.cv_folds < 2:
+        raise ValueError(f"cv_folds must be at least 2, got {request.cv_folds}")
+
+    y_raw = frame[request.target]
+    task = resolve_task(y_raw, request.task)
+    data = frame[y_raw.notna()]
+    if task == CLASSIFICATION:
+        y_all = labels_of(data[request.target])
+        classes = sorted(set(y_all))
+    else:
+        y_all = coerce_numeric(data[request.target]).to_numpy()
+        classes = []
+    metric = resolve_metric(task, len(classes), request.metric)
+    n = len(data)
+    if n < MIN_ROWS:
+        raise InvalidArgument.of(DATASET_FIELD, f"only {n} rows have a value in target column "
+                                 f"'{request.target}'; at least {MIN_ROWS} are needed",
+                                 reason="TOO_FEW_ROWS")
+
+    # Holdout split (stratified for classification when there is room for it).
+    positions = np.arange(n)
+    n_hold = int(round(request.holdout_fraction * n))
+    if request.holdout_fraction > 0:
+        n_hold = min(max(1, n_hold), n - MIN_ROWS // 2)
+    if n_hold > 0:
+        stratify = None
+        if task == CLASSIFICATION and n_hold >= len(classes) and n - n_hold >= len(classes):
+            stratify = y_all
+        search_pos, hold_pos = train_test_split(positions, test_size=n_hold, stratify=stratify,
+                                                random_state=request.seed)
+        search_pos, hold_pos = np.sort(search_pos), np.sort(hold_pos)
+    else:
+        search_pos, hold_pos = positions, positions[:0]
+    holdout = data.iloc[hold_pos]
+    raw_X = data.iloc[search_pos][features]
+    y = y_all[search_pos]
+
+    feature_types = resolve_column_types(raw_X, request.column_types, features)
+    X = SchemaCoercer(feature_types).fit(raw_X).transform(raw_X)
+    active_types = {c: t for c, t in feature_types.items() if X[c].notna().any()}
+    if not active_types:
+        raise InvalidArgument.of(DATASET_FIELD, "every feature column is empty in the training "
+                                 "rows", reason="NO_USABLE_FEATURES")
+
+    n_search = len(search_pos)
+    k = min(request.cv_folds, 3) if n_search >= LARGE_DATA_ROWS else request.cv_folds
+    k = min(k, n_search // 2)
+    min_class_count = 0
+    if task == CLASSIFICATION:
+        counts = pd.Series(y).value_counts()
+        min_class_count = int(counts.min())
+        k = max(2, min(k, min_class_count))
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=request.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a class smaller than k
+            folds = list(splitter.split(np.zeros(n_search), y))
+    else:
+        splitter = KFold(n_splits=max(2, k), shuffle=True, random_state=request.seed)
+        folds = list(splitter.split(np.zeros(n_search)))
+    return _Prepared(task, metric, classes, feature_types, active_types, raw_X, X, y, holdout,
+                     folds, min_class_count)
+
+
+class _FoldCache:
+    """Preprocessed fold matrices per preprocessing kind, computed once when they fit
+    in memory (preprocessing does not depend on the model's hyperparameters)."""
+
+    def __init__(self, X: pd.DataFrame, folds, active_types: Mapping[str, str]):
+        self.X = X
+        self.folds = folds
+        self.active_types = dict(active_types)
+        self.store: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.enabled: dict[str, bool] = {}
+
+    def caching(self, kind: str) -> bool:
+        return self.enabled.get(kind, True)
+
+    def get(self, kind: str, i: int) -> tuple[Any, Any]:
+        hit = self.store.get((kind, i))
+        if hit is not None:
+            return hit
+        train, valid = self.folds[i]
+        pre = build_preprocessor(self.active_types, kind)
+        Xtr = pre.fit_transform(self.X.iloc[train])
+        Xva = pre.transform(self.X.iloc[valid])
+        if kind not in self.enabled:
+            size = (Xtr.nbytes + Xva.nbytes) * len(self.folds)
+            self.enabled[kind] = size <= FOLD_CACHE_BYTES
+        if self.enabled[kind]:
+            self.store[(kind, i)] = (Xtr, Xva)
+        return Xtr, Xva
+
+
+class _OptunaParams:
+    """`learners.ParamSampler` over an Optuna trial, names prefixed by family."""
+
+    def __init__(self, trial: optuna.Trial, prefix: str):
+        self.trial = trial
+        self.prefix = prefix
+
+    def float(self, name, low, high, *, log=False):
+        return float(self.trial.suggest_float(self.prefix + name, low, high, log=log))
+
+    def int(self, name, low, high, *, log=False):
+        return int(self.trial.suggest_int(self.prefix + name, low, high, log=log))
+
+    def categorical(self, name, choices):
+        return self.trial.suggest_categorical(self.prefix + name, list(choices))
+
+
+def _flat_params(family: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    return {"family": family, **{f"{family}.{k}": v for k, v in params.items()}}
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+# --------------------------------------------------------------------------- search
+
+class _Search:
+    def __init__(self, request: SearchRequest, prep: _Prepared, learners: list[Learner],
+                 deadline: Deadline, clock: Clock, on_trial, on_progress, should_stop):
+        self.request = request
+        self.prep = prep
+        self.learners = {l.name: l for l in learners}
+        self.deadline = deadline
+        self.clock = clock
+        self.on_trial = on_trial
+        self.on_progress = on_progress
+        self.should_stop = should_stop
+        self.metric = prep.metric
+        self.k = len(prep.folds)
+        fold_rows = min(len(train) for train, _ in prep.folds)
+        self.ctx = LearnerContext(task=prep.task, n_rows=fold_rows, n_classes=len(prep.classes),
+                                  min_class_count=prep.min_class_count, seed=request.seed,
+                                  n_jobs=_cores(fold_rows))
+        self.cache = _FoldCache(prep.X, prep.folds, prep.active_types)
+        self.trials: list[TrialResult] = []
+        self.unit_fold_seconds: dict[str, list[float]] = {}
+        self.best_by_family: dict[str, TrialResult] = {}
+        self.cancelled = False
+        self.stop_reason = STOP_DEADLINE
+
+    # -- bookkeeping
+
+    def best_score(self) -> float | None:
+        ranked = self.ranked_families()
+        return ranked[0].cv_score if ranked else None
+
+    def ranked_families(self) -> list[TrialResult]:
+        return sorted(self.best_by_family.values(),
+                      key=lambda t: (sort_key(t.cv_score, self.metric), t.number))
+
+    def progress(self, stage: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(len(self.trials), self.best_score(), stage)
+
+    def stop_requested(self) -> bool:
+        if not self.cancelled and self.should_stop is not None and self.should_stop():
+            self.cancelled = True
+        return self.cancelled
+
+    # -- time
+
+    def refit_estimate(self, trial: TrialResult) -> float:
+        per_fold = trial.fit_seconds / max(1, trial.folds)
+        return per_fold * self.k / max(1, self.k - 1) * 1.25
+
+    def reserve(self) -> float:
+        return sum(self.refit_estimate(t) for t in self.ranked_families()[:MAX_REFIT_MODELS])
+
+    def search_time_left(self) -> float:
+        return self.deadline.remaining() - self.reserve()
+
+    def estimate(self, learner: Learner, params: Mapping[str, Any]) -> float:
+        """Expected seconds for the cross-validation of this configuration."""
+        factor = learner.cost_factor(params)
+        own = self.unit_fold_seconds.get(learner.name)
+        if own:
+            per_fold = statistics.median(own) * factor
+        elif self.unit_fold_seconds:
+            base = min(statistics.median(v) / self.learners[name].relative_cost
+                       for name, v in self.unit_fold_seconds.items() if name in self.learners)
+            per_fold = base * learner.relative_cost * factor
+        else:
+            return 0.0
+        return per_fold * self.k
+
+    # -- one trial
+
+    def score(self, model, X, y) -> float:
+        if self.prep.task == CLASSIFICATION:
+            proba = align_proba(model.predict_proba(X), model.classes_, self.prep.classes)
+            return classification_score(self.metric, y, proba, self.prep.classes)
+        return regression_score(self.metric, y, model.predict(X))
+
+    def cross_validate(self, learner: Learner, params: dict) -> TrialResult:
+        scores: list[float] = []
+        spent = 0.0
+        error = None
+        must_finish = not self.best_by_family
+        try:
+            template = learner.build(params, self.ctx)
+        except Exception as exc:  # noqa: BLE001 - a bad configuration is a failed trial
+            template, error = None, _error_text(exc)
+        y = self.prep.y
+        for i, (train, valid) in enumerate(self.prep.folds if template is not None else []):
+            if i > 0:
+                if self.stop_requested():
+                    error = "stopped: the search was cancelled"
+                    break
+                if spent / i * (self.k - i) > self.search_time_left():
+                    if not must_finish:
+                        error = "stopped: the remaining folds would overrun the time budget"
+                    break  # the first trial keeps the folds it has
+            started = self.clock()
+            try:
+                Xtr, Xva = self.cache.get(learner.preprocessing, i)
+                if self.cache.caching(learner.preprocessing):
+                    started = self.clock()  # preprocessing is shared, not this trial's cost
+                model = clone(template)
+                model.fit(Xtr, y[train])
+                fold_score = self.score(model, Xva, y[valid])
+            except Exception as exc:  # noqa: BLE001
+                spent += self.clock() - started
+                error = _error_text(exc)
+                break
+            spent += self.clock() - started
+            scores.append(fold_score)
+
+        finite = [s for s in scores if math.isfinite(s)]
+        cv_score = cv_std = None
+        if error is None:
+            if finite:
+                cv_score = float(np.mean(finite))
+                cv_std = float(np.std(finite)) if len(finite) > 1 else 0.0
+            elif scores:
+                error = f"the metric {self.metric} is undefined on every fold"
+            else:
+                error = "stopped before the first fold"
+        if scores:
+            unit = spent / len(scores) / max(1e-9, learner.cost_factor(params))
+            self.unit_fold_seconds.setdefault(learner.name, []).append(unit)
+        return TrialResult(number=len(self.trials), family=learner.name, params=dict(params),
+                           cv_score=cv_score, cv_score_std=cv_std, fit_seconds=spent,
+                           error=error, folds=len(scores))
+
+    def record(self, trial: TrialResult) -> None:
+        self.trials.append(trial)
+        if trial.cv_score is not None:
+            current = self.best_by_family.get(trial.family)
+            if current is None or better(trial.cv_score, current.cv_score, self.metric):
+                self.best_by_family[trial.family] = trial
+        if self.on_trial is not None:
+            self.on_trial(trial)
+        self.progress(STAGE_SEARCHING)
+
+    # -- the loop
+
+    def portfolio(self) -> list[tuple[str, dict]]:
+        """Default configurations, cheapest family first, first defaults of every
+        family before second ones."""
+        per_family = [(l.name, l.defaults(self.ctx))
+                      for l in sorted(self.learners.values(), key=lambda l: l.relative_cost)]
+        out = []
+        for rank in range(max(len(d) for _, d in per_family)):
+            out += [(name, d[rank]) for name, d in per_family if rank < len(d)]
+        return out
+
+    def run(self) -> None:
+        gib = greater_is_better(self.metric)
+        sampler = optuna.samplers.TPESampler(seed=self.request.seed, multivariate=True, group=True)
+        study = optuna.create_study(direction="maximize" if gib else "minimize", sampler=sampler)
+        for name, params in self.portfolio():
+            study.enqueue_trial(_flat_params(name, params), skip_if_exists=True)
+        families = list(self.learners)
+        skips = 0
+        self.progress(STAGE_SEARCHING)
+        while True:
+            if self.stop_requested():
+                self.stop_reason = STOP_CANCELLED
+                return
+            if self.request.max_trials is not None and len(self.trials) >= self.request.max_trials:
+                self.stop_reason = STOP_MAX_TRIALS
+                return
+            started_any = bool(self.trials)
+            if started_any and self.search_time_left() <= 0:
+                return
+            if skips >= MAX_CONSECUTIVE_SKIPS:
+                return
+            ask = study.ask()
+            family = ask.suggest_categorical("family", families)
+            learner = self.learners[family]
+            try:
+                params = learner.space(_OptunaParams(ask, f"{family}."), self.ctx)
+            except Exception as exc:  # noqa: BLE001 - a broken space fails its trial
+                study.tell(ask, state=optuna.trial.TrialState.FAIL)
+                self.record(TrialResult(len(self.trials), family, {}, None, None, 0.0,
+                                        _error_text(exc)))
+                continue
+            if started_any and self.estimate(learner, params) > self.search_time_left():
+                study.tell(ask, state=optuna.trial.TrialState.FAIL)
+                skips += 1
+                continue
+            skips = 0
+            trial = self.cross_validate(learner, params)
+            if trial.cv_score is not None:
+                study.tell(ask, trial.cv_score)
+            else:
+                study.tell(ask, state=optuna.trial.TrialState.FAIL)
+            self.record(trial)
+
+    # -- refits
+
+    def refit(self) -> list[FittedModel]:
+        prep = self.prep
+        hard_limit = self.deadline.seconds * (1 + REFIT_SLACK_FRACTION) + REFIT_SLACK_SECONDS
+        models: list[FittedModel] = []
+        for trial in self.ranked_families()[:MAX_REFIT_MODELS]:
+            if models and self.deadline.elapsed() + self.refit_estimate(trial) > hard_limit:
+                continue
+            learner = self.learners[trial.family]
+            try:
+                pipeline = build_pipeline(learner, trial.params, self.ctx, prep.feature_types,
+                                          prep.active_types)
+                pipeline.fit(prep.raw_X, prep.y)
+            except Exception:  # noqa: BLE001 - keep the models that did refit
+                log.warning("refit of trial %d (%s) failed", trial.number, trial.family,
+                            exc_info=True)
+                continue
+            models.append(FittedModel(trial.family, dict(trial.params), trial.cv_score,
+                                      trial.cv_score_std, pipeline, trial.number))
+        return models
+
+
+def _cores(n_rows: int) -> int:
+    # On small data, threads cost more than they bring (and OpenMP spinning on a
+    # busy 2-core machine can make a fit ten times slower).
+    return N_JOBS if n_rows >= PARALLEL_ROWS else 1
+
+
+def build_pipeline(learner: Learner, params: Mapping[str, Any], ctx: LearnerContext,
+                   feature_types: Mapping[str, str], active_types: Mapping[str, str]) -> Pipeline:
+    """The deployable pipeline: schema coercion, preprocessing, model (unfitted)."""
+    return Pipeline([
+        ("coerce", SchemaCoercer(dict(feature_types))),
+        ("preprocess", build_preprocessor(dict(active_types), learner.preprocessing)),
+        ("model", learner.build(params, ctx)),
+    ])
+
+
+def _select_learners(request: SearchRequest, task: str, n_rows: int,
+                     registry: Mapping[str, Learner]) -> list[Learner]:
+    if request.families is not None:
+        unknown = [f for f in request.families if f not in registry]
+        if unknown:
+            raise ValueError(f"unknown model families: {', '.join(unknown)}; known: "
+                             f"{', '.join(registry)}")
+    chosen = [l for l in registry.values()
+              if l.supports(task, n_rows) and (request.families is None or l.name in request.families)]
+    if not chosen:
+        raise ValueError(f"no model family can handle {task} on {n_rows} rows "
+                         f"(families: {request.families})")
+    return chosen
+
+
+def run_search(request: SearchRequest, *,
+               on_trial: Callable[[TrialResult], None] | None = None,
+               on_progress: Callable[[int, float | None, str], None] | None = None,
+               should_stop: Callable[[], bool] | None = None,
+               clock: Clock | None = None,
+               learners: Mapping[str, Learner] | None = None) -> SearchResult:
+    """Runs the AutoML search described by `request` within its time budget.
+
+    on_trial(trial) is called as each trial finishes; on_progress(trials_completed,
+    best_score, stage) at stage changes and after each trial; should_stop() is
+    polled between folds and trials (True: stop searching, refit what was found).
+    Exceptions from the callbacks propagate. Raises InvalidArgument for a bad
+    request. `clock` (default time.monotonic) and `learners` (default
+    `learners.LEARNERS`) are for tests."""
+    clock = clock or time.monotonic
+    deadline = Deadline(validate_budget(request.budget_seconds), clock=clock)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        for category in (ConvergenceWarning, UserWarning, FutureWarning, RuntimeWarning,
+                         optuna.exceptions.ExperimentalWarning):
+            warnings.simplefilter("ignore", category)
+        prep = _prepare(request)
+        chosen = _select_learners(request, prep.task, len(prep.y), learners or LEARNERS)
+        search = _Search(request, prep, chosen, deadline, clock, on_trial, on_progress,
+                         should_stop)
+        # BLAS and OpenMP (gradient boosting) thread pools follow the same rule as
+        # n_jobs. threadpoolctl (a scikit-learn dependency) sets them process-wide.
+        with threadpool_limits(limits=search.ctx.n_jobs):
+            search.run()
+            search.progress(STAGE_REFITTING)
+            models = search.refit()
+    search.progress(STAGE_DONE)
+    return SearchResult(
+        task=prep.task, metric=prep.metric, greater_is_better=greater_is_better(prep.metric),
+        classes=list(prep.classes), feature_columns=list(prep.feature_types),
+        column_types=dict(prep.feature_types), trials=list(search.trials), models=models,
+        holdout_frame=prep.holdout, train_rows=len(prep.y), stopped_early=search.cancelled,
+        stop_reason=search.stop_reason,
+        ignored_columns=[c for c in prep.feature_types if c not in prep.active_types],
+        cv_folds=search.k, elapsed_seconds=deadline.elapsed())
