@@ -161,7 +161,6 @@ def test_put_if_absent_has_one_winner_among_threads(store):
 # opens the store, tries every key, prints the keys it won.
 _RACER = """
 import sys
-from nbml_server.adapters import sqlite_connections
 from nbml_server.adapters.sqlite_table_store import SqliteTableStore
 name, keys = sys.argv[2], int(sys.argv[3])
 print("ready", flush=True)
@@ -173,7 +172,7 @@ store.close()
 """
 
 
-def test_put_if_absent_has_one_winner_among_processes(tmp_path):
+def test_sqlite_put_if_absent_has_one_winner_among_processes(tmp_path):
     # The processes also open the new file together, as the platform's services do at
     # first start: switching it to WAL mode must not fail with "database is locked".
     path, keys, names = tmp_path / "store.db", 200, ["a", "b", "c", "d"]

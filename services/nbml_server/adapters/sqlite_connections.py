@@ -8,7 +8,9 @@ database files, and each process serves gRPC calls from a thread pool. So:
   with "database is locked" straight away;
 - connections are in autocommit mode (`isolation_level=None`): every statement is its
   own short transaction unless the caller opens one explicitly, so nobody holds the
-  write lock longer than one statement;
+  write lock longer than one statement. An explicit write transaction should start
+  with BEGIN IMMEDIATE: a deferred one that reads then writes can fail with
+  SQLITE_BUSY at once (busy_timeout does not apply to that lock upgrade);
 - a connection is used by one thread at a time: `connection()` lends an idle one (or
   opens a new one) and takes it back afterwards. Unlike one connection per thread,
   connections do not leak when short-lived threads end.
@@ -26,9 +28,9 @@ BUSY_TIMEOUT_MS = 30_000
 def _use_wal(conn: sqlite3.Connection, path: str) -> None:
     """Switches the file to WAL mode (a persistent setting) unless it is already.
 
-    Switching needs an exclusive lock and fails at once with "database is locked" when
-    another process holds any lock (busy_timeout does not apply), which happens when
-    several processes open a new file together; so retry for up to the busy timeout.
+    The switch fails at once with "database is locked" (busy_timeout does not apply)
+    while another connection holds the write lock, as happens when several processes
+    open a new file together; so it is retried for up to the busy timeout.
     """
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     delay = 0.005
@@ -36,13 +38,17 @@ def _use_wal(conn: sqlite3.Connection, path: str) -> None:
         try:
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
                 return
-            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() == "wal":
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower()
+            if mode == "wal":
                 return
+            # Not a lock problem (an in-memory database, say): retrying cannot help.
+            raise sqlite3.OperationalError(f"{path} cannot use WAL mode (it stays {mode})")
         except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() > deadline:
+            if "locked" not in str(error):
                 raise
+            problem = str(error)
         if time.monotonic() > deadline:
-            raise sqlite3.OperationalError(f"could not switch {path} to WAL mode")
+            raise sqlite3.OperationalError(f"could not switch {path} to WAL mode: {problem}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
 
@@ -56,20 +62,28 @@ class SqliteConnections:
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
         # Schema set-up runs now, so a bad path fails at open rather than on first use.
-        with self.connection() as conn:
-            if init is not None:
-                init(conn)
+        try:
+            with self.connection() as conn:
+                if init is not None:
+                    init(conn)
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self) -> sqlite3.Connection:
         # check_same_thread=False: a pooled connection moves between threads (never
         # used by two at once), and close() may run on yet another thread.
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        _use_wal(conn, self.path)
-        # In WAL mode NORMAL survives a process crash (what matters here); only a power
-        # loss can drop the last transactions.
-        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _use_wal(conn, self.path)
+            # In WAL mode NORMAL survives a process crash (what matters here); only a
+            # power loss can drop the last transactions.
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @contextlib.contextmanager
@@ -91,23 +105,6 @@ class SqliteConnections:
                     conn.close()
                 else:
                     self._idle.append(conn)
-
-    @contextlib.contextmanager
-    def write_transaction(self) -> Iterator[sqlite3.Connection]:
-        """One short transaction that takes the write lock up front.
-
-        BEGIN IMMEDIATE rather than a deferred BEGIN: a deferred transaction that reads
-        then writes can fail with SQLITE_BUSY without waiting (busy_timeout does not
-        apply to lock upgrades in WAL mode).
-        """
-        with self.connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
 
     def close(self) -> None:
         """Closes idle connections now and lent ones when they come back."""

@@ -161,7 +161,7 @@ _MAX_FEATURES = ["sqrt", 0.3, 0.6, 1.0]
 
 def _forest_defaults(ctx: LearnerContext) -> list[dict]:
     max_features = "sqrt" if ctx.task == CLASSIFICATION else 0.6
-    return [{"n_estimators": 200, "max_features": max_features, "min_samples_leaf": 1}]
+    return [{"n_estimators": 100, "max_features": max_features, "min_samples_leaf": 1}]
 
 
 def _forest_space(s: ParamSampler, ctx: LearnerContext) -> dict:
@@ -180,7 +180,7 @@ def _forest_builder(classifier, regressor):
 
 
 def _forest_cost(p: Mapping[str, Any]) -> float:
-    return max(0.2, p.get("n_estimators", 200) / 200)
+    return max(0.2, p.get("n_estimators", 100) / 100)
 
 
 # ------------------------------------------------------------------------------ SVM

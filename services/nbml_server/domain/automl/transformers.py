@@ -102,7 +102,7 @@ class DatePartsTransformer(TransformerMixin, BaseEstimator):
             values = coerce_datetime(frame[col])
             missing = values.isna().to_numpy()
             dt = values.dt
-            cols = [dt.year, dt.month, dt.day, dt.weekday]
+            cols = [dt.year, dt.month, dt.day, dt.day_of_week]
             if self.with_hour_[i]:
                 cols.append(dt.hour)
             for c in cols:

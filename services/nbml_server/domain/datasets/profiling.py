@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -62,7 +64,8 @@ _DATE_SHAPE = re.compile(
     r"|\d{1,2}[ -][A-Za-z]{3,9}\.?[ -],?\s*\d{2,4}"  # 31 Jan 2024, 31-Jan-24
     r"|[A-Za-z]{3,9}\.? \d{1,2},? \d{4})"          # Jan 31, 2024
 )
-_DATE_SAMPLE = 200
+_DATE_SAMPLE = 200     # distinct values a date format is chosen on
+_DATE_CONFIRM = 2000   # distinct values it is then checked on
 
 _TARGET_WORDS = frozenset({
     "target", "label", "labels", "class", "y", "outcome", "churn", "churned", "survived",
@@ -198,19 +201,17 @@ def _numeric_boolean(distinct: np.ndarray) -> bool:
     return len(distinct) == 2 and set(distinct.tolist()) == {0.0, 1.0}
 
 
-def best_date_format(values: pd.Series) -> tuple[str | None, float]:
-    """The date format (of DATE_FORMATS) that parses most of `values` (text, no missing
-    values), and the share it parses; (None, 0.0) when the values do not look like dates."""
-    if values.empty:
+def _date_format_for(distinct: pd.Series) -> tuple[str | None, float]:
+    """Choose a date format on the first distinct values (text, no missing), then
+    measure it on up to _DATE_CONFIRM of them; (None, 0.0) when they are not dates."""
+    if distinct.empty:
         return None, 0.0
-    distinct = pd.Series(values.unique())
     sample = distinct.iloc[:_DATE_SAMPLE].astype("str")
-    shaped = sample.str.match(_DATE_SHAPE.pattern)
-    if shaped.mean() < DATETIME_SHARE:
+    if sample.str.match(_DATE_SHAPE.pattern).mean() < DATETIME_SHARE:
         return None, 0.0
     best, best_share = None, 0.0
     for fmt in DATE_FORMATS:
-        share = pd.to_datetime(sample, format=fmt, errors="coerce").notna().mean()
+        share = float(parse_dates(sample, fmt).notna().mean())
         if share > best_share:
             best, best_share = fmt, share
             if share == 1.0:
@@ -218,8 +219,20 @@ def best_date_format(values: pd.Series) -> tuple[str | None, float]:
     if best is None or best_share < DATETIME_SHARE:
         return None, 0.0
     if len(distinct) > len(sample):
-        best_share = float(parse_dates(values, best).notna().mean())
-    return best, float(best_share)
+        best_share = float(parse_dates(distinct.iloc[:_DATE_CONFIRM], best).notna().mean())
+    return (best, best_share) if best_share >= DATETIME_SHARE else (None, 0.0)
+
+
+def best_date_format(values: pd.Series) -> tuple[str | None, float]:
+    """The date format (of DATE_FORMATS) that parses most of `values` (text, no missing
+    values), and the share of `values` it parses; (None, 0.0) when the values do not
+    look like dates of one format."""
+    if values.empty:
+        return None, 0.0
+    fmt, _share = _date_format_for(pd.Series(values.unique()))
+    if fmt is None:
+        return None, 0.0
+    return fmt, float(parse_dates(values, fmt).notna().mean())
 
 
 def parse_dates(values: pd.Series, fmt: str) -> pd.Series:
@@ -239,8 +252,8 @@ def infer_column_type(series: pd.Series) -> str:
     - numeric: any other numeric column (numbers stay numeric, even codes);
     - datetime: a datetime column, or text where at least 95% of the values are
       dates of one format (only values shaped like dates count, never bare numbers);
-    - text: free text: mostly values with spaces that are long (mean length over 30)
-      or mostly distinct;
+    - text: free text: mostly values with spaces, not few distinct values, and long
+      (mean length over 30) or mostly distinct;
     - categorical: other text (few distinct values, codes, identifiers). A column
       with no values at all is categorical (numeric if its dtype is numeric).
     """
@@ -252,67 +265,98 @@ class _Facts:
     type: str
     missing: int
     distinct: int
-    counts: pd.Series | None = None      # value -> count, for non-numeric (or few) values
+    top: tuple[ValueCount, ...] = ()     # most frequent values (not for many numbers)
+    min_count: int = 0                   # rows of the rarest value (0: not counted)
     integral: bool = False               # numeric and every value is an integer
     id_like: bool = False
     finite: np.ndarray | None = None     # numeric: the finite values
+
+
+def _counted(counts: pd.Series) -> tuple[tuple[ValueCount, ...], int]:
+    """(top values, rarest count) from a pandas value_counts()."""
+    if counts.empty:
+        return (), 0
+    top = tuple(ValueCount(format_value(v), int(c))
+                for v, c in counts.iloc[:TOP_VALUES].items())
+    return top, int(counts.min())
 
 
 def _facts(series: pd.Series, name: str | None = None) -> _Facts:
     n = len(series)
     if pd.api.types.is_bool_dtype(series.dtype) and series.dtype != object:
         present = series.dropna()
-        counts = present.value_counts()
-        return _Facts(BOOLEAN, n - len(present), len(counts), counts=counts)
+        top, smallest = _counted(present.value_counts())
+        return _Facts(BOOLEAN, n - len(present), present.nunique(), top, smallest)
     if _is_numeric(series):
-        values = series.to_numpy(dtype="float64", na_value=np.nan)
-        present = values[~np.isnan(values)]
-        distinct = pd.unique(present)
-        finite = present[np.isfinite(present)]
-        integral = bool(len(finite)) and bool(np.all(finite == np.round(finite)))
-        facts = _Facts(NUMERIC, n - len(present), len(distinct), integral=integral,
-                       finite=finite)
-        if _numeric_boolean(distinct):
-            facts.type = BOOLEAN
-        if len(distinct) <= MAX_CLASSES:
-            facts.counts = pd.Series(present).value_counts()
-        if integral and len(distinct) == n and n >= ID_MIN_ROWS:
-            # All distinct whole numbers: an id when named like one or when it counts
-            # rows (sorted); an all-distinct amount such as an income is not an id.
-            named = bool(name and _ID_NAME.search(name))
-            facts.id_like = named or bool(np.all(np.diff(values) > 0)
-                                          or np.all(np.diff(values) < 0))
-        return facts
+        return _numeric_facts(series, name)
     if _is_datetime(series):
         present = series.dropna()
-        counts = present.value_counts()
-        return _Facts(DATETIME, n - len(present), len(counts), counts=counts)
+        top, smallest = _counted(present.value_counts())
+        return _Facts(DATETIME, n - len(present), present.nunique(), top, smallest)
+    return _text_facts(series, name)
 
-    # Text (str or object dtype).
-    present = series.dropna().astype("str")
-    present = present[present.ne("")]
-    counts = present.value_counts()
-    m, d = len(present), len(counts)
-    facts = _Facts(CATEGORICAL, n - m, d, counts=counts)
+
+def _numeric_facts(series: pd.Series, name: str | None) -> _Facts:
+    n = len(series)
+    values = series.to_numpy(dtype="float64", na_value=np.nan)
+    present = values[~np.isnan(values)]
+    distinct = pd.unique(present)
+    finite = present[np.isfinite(present)]
+    integral = bool(len(finite)) and bool(np.all(finite == np.round(finite)))
+    facts = _Facts(NUMERIC, n - len(present), len(distinct), integral=integral, finite=finite)
+    if _numeric_boolean(distinct):
+        facts.type = BOOLEAN
+    if len(distinct) <= MAX_CLASSES:
+        facts.top, facts.min_count = _counted(pd.Series(present).value_counts())
+    if integral and len(distinct) == n and n >= ID_MIN_ROWS:
+        # All distinct whole numbers: an id when named like one or when it counts rows
+        # (sorted); an all-distinct amount such as an income is not an id.
+        steps = np.diff(values)
+        facts.id_like = bool(name and _ID_NAME.search(name)) or bool(
+            np.all(steps > 0) or np.all(steps < 0))
+    return facts
+
+
+def _text_facts(series: pd.Series, name: str | None) -> _Facts:
+    n = len(series)
+    if series.dtype != "str":
+        series = series.astype("str")
+    values = pc.drop_null(pa.array(series, from_pandas=True))
+    empty = pc.equal(values, "")
+    if pc.any(empty).as_py():
+        values = values.filter(pc.invert(empty))
+    m = len(values)
+    facts = _Facts(CATEGORICAL, n - m, 0)
     if m == 0:
         return facts
-    if d <= 2 * len(BOOLEAN_TOKENS) and _is_boolean_pair(counts.index):
+    counted = pc.value_counts(values)
+    distinct, counts = counted.field("values"), counted.field("counts").to_numpy()
+    d = len(counts)
+    facts.distinct = d
+    order = np.argsort(-counts, kind="stable")[:TOP_VALUES]
+    facts.top = tuple(ValueCount(str(v), int(c)) for v, c in
+                      zip(distinct.take(pa.array(order)).to_pylist(), counts[order]))
+    facts.min_count = int(counts.min())
+
+    if d <= 2 * len(BOOLEAN_TOKENS) and _is_boolean_pair(distinct.to_pylist()):
         facts.type = BOOLEAN
         return facts
-    fmt, _share = best_date_format(present)
-    if fmt is not None:
+    # Distinct values come in order of first appearance.
+    firsts = pd.Series(distinct.slice(0, _DATE_CONFIRM).to_pylist(), dtype="str")
+    if _date_format_for(firsts)[0] is not None:
         facts.type = DATETIME
         return facts
-    index = counts.index.astype("str")
-    weights = counts.to_numpy(dtype="float64")
-    mean_len = float(np.dot(np.asarray(index.str.len(), dtype="float64"), weights) / m)
-    space_share = float(np.dot(np.asarray(index.str.contains(" ", regex=False), dtype="float64"),
-                               weights) / m)
+    weights = counts.astype("float64")
+    mean_len = float(np.dot(pc.utf8_length(distinct).to_numpy().astype("float64"),
+                            weights) / m)
+    space_share = float(np.dot(
+        pc.match_substring(distinct, " ").to_numpy(zero_copy_only=False).astype("float64"),
+        weights) / m)
     low_cardinality = d <= max(20, 0.05 * m) and d <= 0.5 * m
     if not low_cardinality and space_share >= 0.5 and (mean_len > 30 or d / m > 0.5):
         facts.type = TEXT
-    elif d == m and facts.missing == 0 and (m >= ID_MIN_ROWS or
-                                            bool(name and _ID_NAME.search(name))) and m > 1:
+    elif d == m and m > 1 and facts.missing == 0 and (
+            m >= ID_MIN_ROWS or bool(name and _ID_NAME.search(name))):
         facts.id_like = True
     return facts
 
@@ -331,13 +375,6 @@ def _numeric_stats(finite: np.ndarray | None) -> NumericStats | None:
     return NumericStats(*stats)
 
 
-def _top_values(counts: pd.Series | None) -> tuple[ValueCount, ...]:
-    if counts is None or counts.empty:
-        return ()
-    top = counts.iloc[:TOP_VALUES]
-    return tuple(ValueCount(format_value(v), int(c)) for v, c in top.items())
-
-
 def profile(frame: pd.DataFrame) -> DatasetProfile:
     """Profile every column of `frame` and suggest training targets (best first)."""
     n = len(frame)
@@ -353,7 +390,7 @@ def profile(frame: pd.DataFrame) -> DatasetProfile:
             missing_rate=(f.missing / n) if n else 0.0,
             distinct_count=f.distinct,
             numeric_stats=_numeric_stats(f.finite) if f.type == NUMERIC else None,
-            top_values=() if f.type == NUMERIC else _top_values(f.counts),
+            top_values=() if f.type == NUMERIC else f.top,
             id_like=f.id_like,
         ))
     suggestions = _suggest_targets(columns, facts)
@@ -398,7 +435,7 @@ def _suggest_targets(columns: list[ColumnProfile],
 
 def _target_task(column: ColumnProfile, f: _Facts) -> tuple[str | None, str]:
     d = column.distinct_count
-    smallest = int(f.counts.min()) if f.counts is not None and not f.counts.empty else 0
+    smallest = f.min_count
     if column.type == BOOLEAN:
         if smallest >= MIN_CLASS_ROWS:
             return CLASSIFICATION, "two classes (true/false)"

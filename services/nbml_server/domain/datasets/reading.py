@@ -389,16 +389,16 @@ def _read_csv(data: bytes) -> pd.DataFrame:
     raw_names, header_line, delimiter = _read_header(text)
     if not raw_names or (len(raw_names) == 1 and not raw_names[0].strip()):
         raise _one("EMPTY_FILE", "the file holds only blank lines")
+    if len(raw_names) > MAX_COLUMNS:
+        _check_header(raw_names, header_line)  # raises TOO_MANY_COLUMNS
     table = None
-    if len(set(raw_names)) == len(raw_names) and len(raw_names) <= MAX_COLUMNS:
+    if len(set(raw_names)) == len(raw_names):
         table = _arrow_csv(body, delimiter, raw_names)
     if table is not None and list(table.column_names) != raw_names:
         table = None  # pyarrow read the header differently; trust the csv module
     if table is None or _quotes_suspect(text, table):
         # A precise scan raises the parse errors (unclosed quote, ragged rows) ...
-        expected = len(raw_names)
-        if expected <= MAX_COLUMNS:
-            data_rows = _scan(text, delimiter, expected, header_line)
+        data_rows = _scan(text, delimiter, len(raw_names), header_line)
         names = _check_header(raw_names, header_line)
         if data_rows == 0:
             raise _one("NO_ROWS", f"the file has a header (line {header_line}) "
@@ -482,9 +482,21 @@ def _try_cast(values, kind):
         return None
 
 
+_NUMBERISH = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity)", re.I)
+_NUMBERISH_COMMA = re.compile(r"-?\d*,\d+")
+
+
+def _numberish(value: str, decimal_comma: bool) -> bool:
+    return bool(_NUMBERISH.fullmatch(value) or value.lower() in NA_TOKENS
+                or (decimal_comma and _NUMBERISH_COMMA.fullmatch(value)))
+
+
 def _as_numbers(values, decimal_comma: bool):
     """`values` (text, nulls for missing) as an int64 or float64 array, or None when
     the column is not numeric."""
+    head = pc.drop_null(values.slice(0, 1000)).to_pylist()[:200]
+    if not all(_numberish(v, decimal_comma) for v in head):
+        return None  # quick answer for text columns
     if _any(pc.match_substring_regex(values, _KEEP_AS_TEXT)):
         return None  # leading zeros (zip codes, codes) or hex/binary/octal literals
     unsigned = pc.replace_substring_regex(values, r"^\+", "")

@@ -1,0 +1,142 @@
+"""Failures a user meets: each is a clear error with the right gRPC status (and HTTP
+code through REST), the services stay healthy, and nothing half-written is left."""
+
+import time
+
+import grpc
+import pandas as pd
+import pytest
+import requests
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nbml.client import Client
+from nbml.errors import NbmlError
+from nbml_server.domain.tokens import Caller, TokenIssuer
+from nbml_server.launcher import SERVICES
+from nbml_server.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+
+def error_of(call, *args, **kwargs) -> NbmlError:
+    with pytest.raises(NbmlError) as caught:
+        call(*args, **kwargs)
+    return caught.value
+
+
+def rest(platform, method, path, token=None, **kwargs):
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.request(method, f"http://{platform.address}{path}", headers=headers,
+                               timeout=60, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def services_stay_healthy(platform):
+    yield
+    with grpc.insecure_channel(platform.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in SERVICES:
+            service = f"nbml.v1.{name.capitalize()}Service"
+            assert stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status \
+                == health_pb2.HealthCheckResponse.SERVING
+    assert not platform.failed_children()
+
+
+def test_wrong_password(platform, alice):
+    error = error_of(Client(platform.address).log_in, "alice", "not the password")
+    assert (error.code, error.reason) == ("UNAUTHENTICATED", "WRONG_CREDENTIALS")
+    unknown = error_of(Client(platform.address).log_in, "nobody-here", "not the password")
+    assert unknown.message == error.message  # no hint whether the user exists
+    assert rest(platform, "POST", "/v1/auth:logIn",
+                json={"username": "alice", "password": "x" * 9}).status_code == 401
+
+
+def test_expired_and_tampered_tokens(platform, alice):
+    settings = Settings(home=platform.home)
+    issuer = TokenIssuer(settings.private_key_path.read_bytes(), ttl_seconds=60)
+    me = alice.whoami()
+    expired = issuer.issue(Caller(me.name.split("/")[-1], "alice"), now=time.time() - 3600)
+    error = error_of(Client(platform.address, expired).whoami)
+    assert (error.code, error.reason) == ("UNAUTHENTICATED", "TOKEN_EXPIRED")
+
+    head, payload, signature = alice.token.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    error = error_of(Client(platform.address, f"{head}.{payload}.{flipped}").whoami)
+    assert (error.code, error.reason) == ("UNAUTHENTICATED", "TOKEN_INVALID")
+    assert rest(platform, "GET", "/v1/users/me", f"{head}.{payload}.{flipped}").status_code == 401
+
+
+def test_another_users_resources_do_not_exist(platform, trained, bob):
+    checks = [
+        (bob.get_dataset, trained["dataset"], "DATASET_NOT_FOUND"),
+        (bob.preview, trained["dataset"], "DATASET_NOT_FOUND"),
+        (bob.delete_dataset, trained["dataset"], "DATASET_NOT_FOUND"),
+        (bob.get_job, trained["job"], "TRAINING_JOB_NOT_FOUND"),
+        (bob.leaderboard, trained["job"], "TRAINING_JOB_NOT_FOUND"),
+        (bob.cancel_job, trained["job"], "TRAINING_JOB_NOT_FOUND"),
+        (bob.get_model, trained["model"], "MODEL_NOT_FOUND"),
+        (bob.deploy, trained["model"], "MODEL_NOT_FOUND"),
+        (bob.get_endpoint, trained["endpoint"], "ENDPOINT_NOT_FOUND"),
+        (bob.delete_endpoint, trained["endpoint"], "ENDPOINT_NOT_FOUND"),
+    ]
+    for call, resource_id, reason in checks:
+        error = error_of(call, resource_id)
+        assert (error.code, error.reason) == ("NOT_FOUND", reason), call.__name__
+    error = error_of(bob.train, trained["dataset"], "target")
+    assert error.code == "NOT_FOUND"
+    assert rest(platform, "GET", f"/v1/datasets/{trained['dataset']}",
+                bob.token).status_code == 404
+    assert all(d.name != f"datasets/{trained['dataset']}" for d in bob.datasets())
+
+
+def test_malformed_csv_is_rejected_and_leaves_nothing(platform, bob, tmp_path):
+    before = len(bob.datasets())
+    blobs = list((platform.home / "blobs").rglob("*"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,c\n1,2,3\n4,5\n7,8,9\n")
+    error = error_of(bob.upload_dataset, bad)
+    assert (error.code, error.reason) == ("INVALID_ARGUMENT", "CSV_PARSE_ERROR")
+    assert any("3" in v.description for v in error.field_violations), error.field_violations
+    assert len(bob.datasets()) == before
+    assert list((platform.home / "blobs").rglob("*")) == blobs
+
+
+@pytest.fixture(scope="module")
+def small_dataset(bob, tmp_path_factory):
+    path = tmp_path_factory.mktemp("small") / "small.csv"
+    pd.DataFrame({"x": range(40), "z": [i % 7 for i in range(40)], "same": ["one"] * 40,
+                  "y": ["a", "b"] * 20}).to_csv(path, index=False)
+    return bob.upload_dataset(path).name.split("/")[-1]
+
+
+@pytest.mark.parametrize("target, kwargs, reason", [
+    ("no_such_column", {}, "UNKNOWN_TARGET_COLUMN"),
+    ("same", {}, "TARGET_SINGLE_CLASS"),
+    ("y", {"budget_seconds": 1}, "BUDGET_OUT_OF_RANGE"),
+    ("y", {"budget_seconds": 100_000}, "BUDGET_OUT_OF_RANGE"),
+    ("y", {"metric": "rmse", "task": "classification"}, "UNKNOWN_METRIC"),
+])
+def test_bad_training_requests(bob, small_dataset, target, kwargs, reason):
+    jobs_before = len(bob.jobs())
+    error = error_of(bob.train, small_dataset, target, **kwargs)
+    assert (error.code, error.reason) == ("INVALID_ARGUMENT", reason)
+    assert error.field_violations and error.field_violations[0].field.startswith("training_job.")
+    assert len(bob.jobs()) == jobs_before
+
+
+def test_prediction_rows_with_missing_or_extra_columns(platform, alice, trained,
+                                                       breast_cancer_features):
+    row = breast_cancer_features.iloc[0].to_dict()
+    missing = {k: v for k, v in row.items() if k != "mean radius"}
+    extra = {**row, "shoe size": 43}
+    for rows, needle in (([missing], "missing column 'mean radius'"),
+                         ([extra], "unknown column 'shoe size'")):
+        response = rest(platform, "POST", f"/v1/endpoints/{trained['endpoint']}:predict",
+                        alice.token, json={"rows": rows})
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert needle in body["message"]
+        details = [d for d in body["details"] if d["@type"].endswith("BadRequest")]
+        assert details[0]["field_violations"][0]["field"].startswith("rows[0].")

@@ -1,0 +1,59 @@
+"""The user path over native gRPC (the Python client), through Envoy."""
+
+import pytest
+
+from nbml.v1 import trainer_service_pb2
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sign_up_upload_train_leaderboard_deploy_predict(alice, trained, breast_cancer_features):
+    job = trained["final_job"]
+    assert job.state == trainer_service_pb2.JOB_STATE_SUCCEEDED
+    assert job.resolved_metric == "roc_auc"
+    assert job.progress.trials_completed >= 6
+
+    board = alice.leaderboard(trained["job"])
+    assert board.best_model == f"models/{trained['model']}"
+    assert len(board.entries) >= 2
+    best = board.entries[0]
+    assert best.model.best and best.rank == 1
+    assert best.evaluation.metrics["roc_auc"] >= 0.97
+    for name in ("accuracy", "log_loss", "f1"):
+        assert name in best.evaluation.metrics
+    assert sum(best.evaluation.confusion_matrix.counts) == best.evaluation.holdout_rows
+    assert best.evaluation.feature_importances
+    families = {t.family for t in board.trials}
+    assert len(families) >= 6, families
+    assert all(t.fit_seconds >= 0 for t in board.trials)
+
+    predictions = alice.predict(trained["endpoint"], breast_cancer_features.head(50))
+    assert len(predictions) == 50
+    assert set(predictions["prediction"]) <= {"malignant", "benign"}
+
+
+def test_stream_and_batch_predict(alice, trained, breast_cancer_features):
+    frames = [breast_cancer_features.iloc[i:i + 10] for i in range(0, 30, 10)]
+    streamed = alice.predict_stream(trained["endpoint"], frames)
+    assert len(streamed) == 30
+
+    output = alice.batch_predict(trained["endpoint"], trained["dataset"])
+    assert output.row_count == 569
+    preview = alice.preview(output.name.split("/")[-1], rows=5)
+    assert {"prediction", "probability_benign", "probability_malignant"} <= set(preview.columns)
+
+
+def test_history_records_every_request(alice, trained):
+    activities = alice.activities(limit=200)
+    methods = {a.method for a in activities}
+    assert "/nbml.v1.DatasetService/UploadDataset" in methods
+    assert "/nbml.v1.TrainerService/CreateTrainingJob" in methods
+    assert "/nbml.v1.PredictorService/Predict" in methods
+    assert all(a.status for a in activities)
+
+
+def test_api_key_works_for_scripts(platform, alice):
+    from nbml.client import Client
+    secret = alice.create_api_key("ci script")
+    with Client(platform.address, secret) as script:
+        assert script.whoami().username == "alice"

@@ -1,0 +1,84 @@
+"""The user path over REST (curl's view), through Envoy's JSON transcoding."""
+
+import base64
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def rest(platform):
+    session = requests.Session()
+    session.trust_env = False  # loopback only, never through a proxy
+    base = f"http://{platform.address}"
+
+    def call(method: str, path: str, token: str | None = None, **kwargs):
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return session.request(method, base + path, headers=headers, timeout=120, **kwargs)
+    yield call
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def carol(rest) -> str:
+    response = rest("POST", "/v1/auth:signUp",
+                    json={"username": "carol", "password": "carol's long password"})
+    assert response.status_code == 200, response.text
+    return response.json()["tokens"]["access_token"]
+
+
+def test_rest_user_path(rest, carol, breast_cancer_csv, breast_cancer_features):
+    assert rest("GET", "/v1/users/me", carol).json()["username"] == "carol"
+
+    upload = rest("POST", "/v1/datasets:upload", carol, json={
+        "metadata": {"display_name": "breast cancer"},
+        "chunk": base64.b64encode(breast_cancer_csv.read_bytes()).decode()})
+    assert upload.status_code == 200, upload.text
+    dataset = upload.json()
+    assert dataset["row_count"] == "569"  # int64 travels as a JSON string
+    assert dataset["profile"]["target_suggestions"][0]["column"] == "target"
+
+    created = rest("POST", "/v1/trainingJobs", carol, json={
+        "dataset": dataset["name"], "target_column": "target", "budget_seconds": 8})
+    assert created.status_code == 200, created.text
+    job_name = created.json()["name"]
+    assert created.json()["state"] == "JOB_STATE_PENDING"
+
+    watched = rest("GET", f"/v1/{job_name}:watch", carol)
+    assert watched.status_code == 200
+    job = rest("GET", f"/v1/{job_name}", carol).json()
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job
+
+    board = rest("GET", f"/v1/{job_name}/leaderboard", carol).json()
+    assert board["best_model"] == job["best_model"]
+    assert board["entries"][0]["evaluation"]["metrics"]["roc_auc"] > 0.95
+
+    endpoint = rest("POST", "/v1/endpoints", carol, json={"model": job["best_model"]}).json()
+    rows = breast_cancer_features.head(5).to_dict(orient="records")
+    predicted = rest("POST", f"/v1/{endpoint['name']}:predict", carol, json={"rows": rows})
+    assert predicted.status_code == 200, predicted.text
+    predictions = predicted.json()["predictions"]
+    assert len(predictions) == 5
+    assert all(p["label"] in ("malignant", "benign") for p in predictions)
+
+    listed = rest("GET", "/v1/datasets?page_size=1", carol).json()
+    assert len(listed["datasets"]) == 1
+
+
+def test_rest_errors_carry_status_and_details(rest, carol):
+    missing = rest("GET", "/v1/datasets/ds_01m81vnk75e4dq3g1e9xs08pr1", carol)
+    assert missing.status_code == 404
+    assert missing.json()["code"] == 5  # google.rpc.Code.NOT_FOUND
+
+    bad_budget = rest("POST", "/v1/trainingJobs", carol, json={
+        "dataset": "datasets/ds_01m81vnk75e4dq3g1e9xs08pr1", "target_column": "y"})
+    assert bad_budget.status_code == 404
+
+    unauthenticated = rest("GET", "/v1/users/me")
+    assert unauthenticated.status_code == 401
+
+    wrong = rest("POST", "/v1/auth:logIn", json={"username": "carol", "password": "nope nope"})
+    assert wrong.status_code == 401
+    assert "wrong user name or password" in wrong.json()["message"]
