@@ -85,8 +85,13 @@ def run(name: str, budget: float) -> dict:
     restored = load_model(save_model(best.pipeline))
     row = {c: (str(v) if isinstance(v, (float, np.floating)) else v)
            for c, v in result.holdout_frame.drop(columns=[target]).iloc[0].items()}
-    print(f"   prediction for a JSON row with numbers as strings: "
-          f"{ {k: (v[:1] if hasattr(v, '__len__') else v) for k, v in predict_frame(restored, pd.DataFrame([row]), result.task).items()} }")
+    prediction = predict_frame(restored, pd.DataFrame([row]), result.task)
+    if result.task == "classification":
+        shown = (f"label={prediction['labels'][0]} probabilities="
+                 + str({c: round(float(p), 4) for c, p in zip(prediction["classes"], prediction["probabilities"][0])}))
+    else:
+        shown = f"value={prediction['values'][0]:.3f}"
+    print(f"   restored model, JSON row with numbers as strings: {shown}")
     return {"took": took, **ev.metrics}
 
 

@@ -95,7 +95,11 @@ class LocalPlatform:
         return [c.name for c in self.children if c.process.poll() is not None]
 
     def _spawn(self, name: str, module: str, *args: str) -> None:
-        env = {**os.environ, **self.env, "NBML_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        # One OpenMP thread per process: the processes already share the cores, and
+        # OpenMP's spinning threads slow a loaded machine to a crawl (a histogram
+        # gradient boosting predict went from 11 ms to 600 ms).
+        env = {"OMP_NUM_THREADS": "1", **os.environ, **self.env,
+               "NBML_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         log = open(self.home / "logs" / f"{name}.log", "ab")
         process = subprocess.Popen([sys.executable, "-m", module, *args], env=env,
                                    stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)

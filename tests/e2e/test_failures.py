@@ -35,13 +35,17 @@ def rest(platform, method, path, token=None, **kwargs):
 @pytest.fixture(autouse=True)
 def services_stay_healthy(platform):
     yield
-    with grpc.insecure_channel(platform.address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for name in SERVICES:
-            service = f"nbml.v1.{name.capitalize()}Service"
-            assert stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status \
-                == health_pb2.HealthCheckResponse.SERVING
     assert not platform.failed_children()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(platform.address) as channel:  # through Envoy
+        assert health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10).status == serving
+    for child in platform.children:
+        if child.name in SERVICES:
+            with grpc.insecure_channel(child.address) as channel:
+                service = f"nbml.v1.{child.name.capitalize()}Service"
+                assert health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=10).status == serving
 
 
 def test_wrong_password(platform, alice):

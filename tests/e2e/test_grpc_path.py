@@ -34,8 +34,8 @@ def test_sign_up_upload_train_leaderboard_deploy_predict(alice, trained, breast_
 
 def test_stream_and_batch_predict(alice, trained, breast_cancer_features):
     frames = [breast_cancer_features.iloc[i:i + 10] for i in range(0, 30, 10)]
-    streamed = alice.predict_stream(trained["endpoint"], frames)
-    assert len(streamed) == 30
+    streamed = list(alice.predict_stream(trained["endpoint"], frames))
+    assert [len(f) for f in streamed] == [10, 10, 10]
 
     output = alice.batch_predict(trained["endpoint"], trained["dataset"])
     assert output.row_count == 569

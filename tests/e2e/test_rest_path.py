@@ -32,16 +32,17 @@ def carol(rest) -> str:
 def test_rest_user_path(rest, carol, breast_cancer_csv, breast_cancer_features):
     assert rest("GET", "/v1/users/me", carol).json()["username"] == "carol"
 
-    upload = rest("POST", "/v1/datasets:upload", carol, json={
+    # A client-streamed RPC takes a JSON array of messages over REST.
+    upload = rest("POST", "/v1/datasets:upload", carol, json=[{
         "metadata": {"display_name": "breast cancer"},
-        "chunk": base64.b64encode(breast_cancer_csv.read_bytes()).decode()})
+        "chunk": base64.b64encode(breast_cancer_csv.read_bytes()).decode()}])
     assert upload.status_code == 200, upload.text
     dataset = upload.json()
     assert dataset["row_count"] == "569"  # int64 travels as a JSON string
     assert dataset["profile"]["target_suggestions"][0]["column"] == "target"
 
     created = rest("POST", "/v1/trainingJobs", carol, json={
-        "dataset": dataset["name"], "target_column": "target", "budget_seconds": 8})
+        "dataset": dataset["name"], "target_column": "target", "budget_seconds": 10})
     assert created.status_code == 200, created.text
     job_name = created.json()["name"]
     assert created.json()["state"] == "JOB_STATE_PENDING"

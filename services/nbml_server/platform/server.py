@@ -80,7 +80,7 @@ def build_server(platform: Platform, register: Callable[[grpc.Server], None],
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", service_name):
+    for name in ("", f"nbml.v1.{service_name.capitalize()}Service"):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     # Every process reflects every service, so grpcurl works through Envoy whichever
     # upstream answers the reflection request.

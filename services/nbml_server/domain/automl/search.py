@@ -41,7 +41,7 @@ from .columns import coerce_numeric, labels_of, resolve_column_types
 from .deadline import Clock, Deadline
 from .learners import LEARNERS, N_JOBS, Learner, LearnerContext
 from .preprocessing import build_preprocessor
-from .tasks import (CLASSIFICATION, REGRESSION, TARGET_FIELD, align_proba, better,
+from .tasks import (CLASSIFICATION, TARGET_FIELD, align_proba, better,
                     classification_score, greater_is_better, regression_score,
                     resolve_metric, resolve_task, sort_key)
 from .transformers import SchemaCoercer
@@ -55,9 +55,11 @@ MIN_ROWS = 10
 LARGE_DATA_ROWS = 20_000  # above this, 3 folds
 PARALLEL_ROWS = 5_000  # from this many rows, models may use 2 cores
 MAX_REFIT_MODELS = 5
-REFIT_SLACK_FRACTION = 0.10
-REFIT_SLACK_SECONDS = 2.0
+# Refits start only while they are expected to end before budget * 1.05 + 1 s.
+REFIT_SLACK_FRACTION = 0.05
+REFIT_SLACK_SECONDS = 1.0
 MAX_CONSECUTIVE_SKIPS = 25
+MAX_CONSECUTIVE_FAILURES = 20  # every configuration fails: the data is the problem
 FOLD_CACHE_BYTES = 256 * 2**20
 
 STAGE_SEARCHING = "searching"
@@ -67,6 +69,7 @@ STAGE_DONE = "done"
 STOP_DEADLINE = "deadline"
 STOP_CANCELLED = "cancelled"
 STOP_MAX_TRIALS = "max_trials"
+STOP_FAILING = "failing"
 
 
 @dataclass
@@ -121,7 +124,8 @@ class SearchResult:
     holdout_frame: pd.DataFrame  # holdout rows as given, target column included
     train_rows: int  # rows the models were refit on
     stopped_early: bool  # should_stop() asked the search to stop
-    stop_reason: str = STOP_DEADLINE  # "deadline", "cancelled" or "max_trials"
+    # "deadline", "cancelled", "max_trials" or "failing" (too many failures in a row)
+    stop_reason: str = STOP_DEADLINE
     ignored_columns: list[str] = field(default_factory=list)  # missing in every row
     cv_folds: int = 0
     elapsed_seconds: float = 0.0
@@ -167,6 +171,12 @@ def _preview(names: Sequence[str], limit: int = 10) -> str:
 
 def _prepare(request: SearchRequest) -> _Prepared:
     frame = request.frame
+    if not all(isinstance(c, str) for c in frame.columns):
+        frame = frame.rename(columns=str)
+    duplicated = sorted(set(frame.columns[frame.columns.duplicated()]))
+    if duplicated:
+        raise InvalidArgument.of(DATASET_FIELD, f"column names must be unique; repeated: "
+                                 f"{_preview(duplicated)}", reason="DUPLICATE_COLUMNS")
     if request.target not in frame.columns:
         raise InvalidArgument.of(
             TARGET_FIELD, f"column '{request.target}' is not in the data set; available: "
@@ -196,15 +206,18 @@ def _prepare(request: SearchRequest) -> _Prepared:
                                  f"'{request.target}'; at least {MIN_ROWS} are needed",
                                  reason="TOO_FEW_ROWS")
 
-    # Holdout split (stratified for classification when there is room for it).
+    # Holdout split, stratified by class or by quantile bin of a regression target.
     positions = np.arange(n)
     n_hold = int(round(request.holdout_fraction * n))
     if request.holdout_fraction > 0:
         n_hold = min(max(1, n_hold), n - MIN_ROWS // 2)
     if n_hold > 0:
         stratify = None
-        if task == CLASSIFICATION and n_hold >= len(classes) and n - n_hold >= len(classes):
-            stratify = y_all
+        if task == CLASSIFICATION:
+            if n_hold >= len(classes) and n - n_hold >= len(classes):
+                stratify = y_all
+        else:
+            stratify = _quantile_bins(y_all, min(10, n_hold, n - n_hold))
         search_pos, hold_pos = train_test_split(positions, test_size=n_hold, stratify=stratify,
                                                 random_state=request.seed)
         search_pos, hold_pos = np.sort(search_pos), np.sort(hold_pos)
@@ -234,10 +247,31 @@ def _prepare(request: SearchRequest) -> _Prepared:
             warnings.simplefilter("ignore", UserWarning)  # a class smaller than k
             folds = list(splitter.split(np.zeros(n_search), y))
     else:
-        splitter = KFold(n_splits=max(2, k), shuffle=True, random_state=request.seed)
-        folds = list(splitter.split(np.zeros(n_search)))
+        k = max(2, k)
+        bins = _quantile_bins(y, min(10, n_search // k))
+        if bins is None:
+            folds = list(KFold(n_splits=k, shuffle=True, random_state=request.seed)
+                         .split(np.zeros(n_search)))
+        else:
+            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=request.seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                folds = list(splitter.split(np.zeros(n_search), bins))
     return _Prepared(task, metric, classes, feature_types, active_types, raw_X, X, y, holdout,
                      folds, min_class_count)
+
+
+def _quantile_bins(y: np.ndarray, n_bins: int) -> np.ndarray | None:
+    """Quantile bin of each regression target value, to stratify splits on (holdout
+    and folds then each span the range of the target; on small data this makes the
+    holdout score much less of a lottery). None when there is no room for it."""
+    if n_bins < 2:
+        return None
+    bins = pd.qcut(pd.Series(y).rank(method="first"), n_bins, labels=False)
+    bins = np.asarray(bins, dtype=np.int64)
+    if np.bincount(bins).min() < 2:
+        return None
+    return bins
 
 
 class _FoldCache:
@@ -345,7 +379,7 @@ class _Search:
 
     def refit_estimate(self, trial: TrialResult) -> float:
         per_fold = trial.fit_seconds / max(1, trial.folds)
-        return per_fold * self.k / max(1, self.k - 1) * 1.25
+        return per_fold * self.k / max(1, self.k - 1) * 1.5
 
     def reserve(self) -> float:
         return sum(self.refit_estimate(t) for t in self.ranked_families()[:MAX_REFIT_MODELS])
@@ -468,6 +502,10 @@ class _Search:
             if started_any and self.search_time_left() <= 0:
                 return
             if skips >= MAX_CONSECUTIVE_SKIPS:
+                return
+            recent = self.trials[-MAX_CONSECUTIVE_FAILURES:]
+            if len(recent) == MAX_CONSECUTIVE_FAILURES and all(t.error for t in recent):
+                self.stop_reason = STOP_FAILING
                 return
             ask = study.ask()
             family = ask.suggest_categorical("family", families)

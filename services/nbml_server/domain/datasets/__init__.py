@@ -19,8 +19,10 @@ from .profiling import (
     NumericStats,
     TargetSuggestion,
     ValueCount,
+    best_date_format,
     format_value,
     infer_column_type,
+    parse_dates,
     profile,
 )
 from .reading import (
@@ -39,7 +41,7 @@ __all__ = [
     "BOOLEAN", "CATEGORICAL", "CLASSIFICATION", "COLUMN_TYPES", "DATETIME", "NUMERIC",
     "REGRESSION", "TASKS", "TEXT",
     "ColumnProfile", "DatasetProfile", "NumericStats", "TargetSuggestion", "ValueCount",
-    "format_value", "infer_column_type", "profile",
+    "best_date_format", "format_value", "infer_column_type", "parse_dates", "profile",
     "FORMAT_CSV", "FORMAT_PARQUET", "MAX_COLUMNS", "guess_format", "read_canonical",
     "read_table", "to_csv_bytes", "write_canonical",
     "ColumnRule", "ValidationRules", "check_rules",

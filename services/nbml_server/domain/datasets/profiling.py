@@ -71,8 +71,12 @@ _TARGET_WORDS = frozenset({
     "target", "label", "labels", "class", "y", "outcome", "churn", "churned", "survived",
     "diagnosis", "fraud", "response", "default", "result", "tag",
 })
-_ID_NAME = re.compile(r"(?i)(^|[_\s.-])(id|uuid|guid|key|idx|index)$|^(id|uuid|guid)[_\s.-]"
-                      r"|[a-z]I[dD]$|^(row|record)[_\s-]?(num|number|no|nr)?$")
+_ID_NAME = re.compile(
+    r"(?i:(^|[_\s.-])(id|uuid|guid|key|idx|index)$)"   # id, customer_id, Order ID
+    r"|(?i:^(id|uuid|guid)[_\s.-])"                     # id_customer
+    r"|[a-z](Id|ID)$"                                    # customerId, userID
+    r"|(?i:^(row|record)[_\s-]?(num|number|no|nr)?$)"   # row, row_number
+)
 
 
 # --------------------------------------------------------------------------- model
@@ -140,7 +144,7 @@ class DatasetProfile:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DatasetProfile":
+    def from_dict(cls, data: dict[str, Any]) -> DatasetProfile:
         columns = []
         for c in data.get("columns", ()):
             stats = c.get("numeric_stats")
@@ -201,13 +205,16 @@ def _numeric_boolean(distinct: np.ndarray) -> bool:
     return len(distinct) == 2 and set(distinct.tolist()) == {0.0, 1.0}
 
 
-def _date_format_for(distinct: pd.Series) -> tuple[str | None, float]:
+def _date_format_for(distinct: pd.Series,
+                     min_share: float = DATETIME_SHARE) -> tuple[str | None, float]:
     """Choose a date format on the first distinct values (text, no missing), then
-    measure it on up to _DATE_CONFIRM of them; (None, 0.0) when they are not dates."""
+    measure it on up to _DATE_CONFIRM of them; (None, 0.0) when fewer than
+    `min_share` of them are dates of one format."""
     if distinct.empty:
         return None, 0.0
     sample = distinct.iloc[:_DATE_SAMPLE].astype("str")
-    if sample.str.match(_DATE_SHAPE.pattern).mean() < DATETIME_SHARE:
+    shaped = float(sample.str.match(_DATE_SHAPE.pattern).mean())
+    if shaped == 0.0 or shaped < min_share:
         return None, 0.0
     best, best_share = None, 0.0
     for fmt in DATE_FORMATS:
@@ -216,23 +223,24 @@ def _date_format_for(distinct: pd.Series) -> tuple[str | None, float]:
             best, best_share = fmt, share
             if share == 1.0:
                 break
-    if best is None or best_share < DATETIME_SHARE:
+    if best is None or best_share < min_share:
         return None, 0.0
     if len(distinct) > len(sample):
         best_share = float(parse_dates(distinct.iloc[:_DATE_CONFIRM], best).notna().mean())
-    return (best, best_share) if best_share >= DATETIME_SHARE else (None, 0.0)
+    return (best, best_share) if best_share >= min_share else (None, 0.0)
 
 
-def best_date_format(values: pd.Series) -> tuple[str | None, float]:
+def best_date_format(values: pd.Series, min_share: float = 0.0) -> tuple[str | None, float]:
     """The date format (of DATE_FORMATS) that parses most of `values` (text, no missing
-    values), and the share of `values` it parses; (None, 0.0) when the values do not
-    look like dates of one format."""
+    values), and the share of `values` it parses; (None, 0.0) when no format parses
+    at least `min_share` of them (or none parses any)."""
     if values.empty:
         return None, 0.0
-    fmt, _share = _date_format_for(pd.Series(values.unique()))
+    fmt, _share = _date_format_for(pd.Series(values.unique()), min_share)
     if fmt is None:
         return None, 0.0
-    return fmt, float(parse_dates(values, fmt).notna().mean())
+    share = float(parse_dates(values, fmt).notna().mean())
+    return (fmt, share) if share >= min_share else (None, 0.0)
 
 
 def parse_dates(values: pd.Series, fmt: str) -> pd.Series:
@@ -335,7 +343,7 @@ def _text_facts(series: pd.Series, name: str | None) -> _Facts:
     facts.distinct = d
     order = np.argsort(-counts, kind="stable")[:TOP_VALUES]
     facts.top = tuple(ValueCount(str(v), int(c)) for v, c in
-                      zip(distinct.take(pa.array(order)).to_pylist(), counts[order]))
+                      zip(distinct.take(pa.array(order)).to_pylist(), counts[order], strict=False))
     facts.min_count = int(counts.min())
 
     if d <= 2 * len(BOOLEAN_TOKENS) and _is_boolean_pair(distinct.to_pylist()):
@@ -412,7 +420,7 @@ def _suggest_targets(columns: list[ColumnProfile],
     classification candidates, then later columns before earlier ones."""
     ranked: list[tuple[tuple[int, int, int, int], TargetSuggestion]] = []
     last = len(columns) - 1
-    for position, (column, f) in enumerate(zip(columns, facts)):
+    for position, (column, f) in enumerate(zip(columns, facts, strict=False)):
         if column.id_like or column.distinct_count < 2:
             continue
         if column.missing_rate > MAX_TARGET_MISSING:

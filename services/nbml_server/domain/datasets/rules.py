@@ -57,7 +57,7 @@ class ColumnRule:
                 "allowed_values": list(self.allowed_values), "not_null": self.not_null}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ColumnRule":
+    def from_dict(cls, data: Mapping[str, Any]) -> ColumnRule:
         return cls(column=data["column"], min=data.get("min"), max=data.get("max"),
                    allowed_values=tuple(data.get("allowed_values", ())),
                    not_null=bool(data.get("not_null", False)))
@@ -91,7 +91,7 @@ class ValidationRules:
                 "column_rules": [r.to_dict() for r in self.column_rules]}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ValidationRules":
+    def from_dict(cls, data: Mapping[str, Any]) -> ValidationRules:
         return cls(required_columns=tuple(data.get("required_columns", ())),
                    column_types=dict(data.get("column_types", {})),
                    column_rules=tuple(ColumnRule.from_dict(r)
@@ -332,12 +332,11 @@ def _allowed_problem(series: pd.Series, missing: np.ndarray, name: str,
     first = _first(bad)
     shown_allowed = ", ".join(repr(a) for a in allowed_text[:10]) + (
         ", ..." if len(allowed_text) > 10 else "")
-    if bad.sum() == 1:
-        return (f"value {format_value(series.iloc[first])!r} at row {_row(first)} is not "
-                f"allowed in column {name!r} (allowed: {shown_allowed})")
-    distinct = pd.unique(series[bad].map(format_value))
-    shown_bad = ", ".join(repr(v) for v in distinct[:_SHOWN_VALUES]) + (
-        ", ..." if len(distinct) > _SHOWN_VALUES else "")
-    return (f"column {name!r} has {_count(bad.sum(), 'value')} that are not allowed "
-            f"({shown_bad}); the first is value {format_value(series.iloc[first])!r} at row "
-            f"{_row(first)} (allowed: {shown_allowed})")
+    text = (f"value {format_value(series.iloc[first])!r} at row {_row(first)} is not "
+            f"allowed in column {name!r} (allowed: {shown_allowed})")
+    if bad.sum() > 1:
+        distinct = pd.unique(series[bad].map(format_value))
+        shown_bad = ", ".join(repr(v) for v in distinct[:_SHOWN_VALUES]) + (
+            ", ..." if len(distinct) > _SHOWN_VALUES else "")
+        text += f"; {int(bad.sum())} values in all are not allowed: {shown_bad}"
+    return text

@@ -1,0 +1,88 @@
+"""AutoML: skops artifacts round trip, and refusal of types outside the allowlist."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+from threadpoolctl import threadpool_limits
+
+from nbml_server.domain.automl import (ALLOWED_TYPES, LEARNERS, LearnerContext, build_pipeline,
+                                       load_model, rows_to_frame, save_model)
+from nbml_server.errors import FailedPrecondition
+
+TYPES = {"n": "numeric", "c": "categorical", "b": "boolean", "d": "datetime", "t": "text"}
+
+
+def frame(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "n": rng.normal(size=n),
+        "c": rng.choice(["u", "v", "w", None], n),
+        "b": rng.choice([True, False], n),
+        "d": pd.date_range("2023-01-01 08:00", periods=n, freq="7h").strftime("%Y-%m-%d %H:%M"),
+        "t": [f"free text {i} " * (i % 4 + 1) for i in range(n)],
+    })
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_every_family_round_trips(task):
+    X = frame()
+    rng = np.random.default_rng(1)
+    y = (rng.choice(["p", "q", "r"], len(X)).astype(object) if task == "classification"
+         else X["n"].to_numpy() * 2 + rng.normal(size=len(X)))
+    ctx = LearnerContext(task=task, n_rows=len(X), n_classes=3, min_class_count=10, n_jobs=1)
+    new_rows = rows_to_frame([{"n": "0.5", "c": "unseen", "b": "false", "d": "2023-02-01"}],
+                             list(TYPES))
+    for learner in LEARNERS.values():
+        if task not in learner.tasks:
+            continue
+        params = learner.defaults(ctx)[0]
+        if "n_estimators" in params:
+            params = {**params, "n_estimators": 5}
+        with threadpool_limits(1):  # as run_search does on small data
+            pipe = build_pipeline(learner, params, ctx, TYPES, TYPES).fit(X, y)
+        restored = load_model(save_model(pipe))  # every type it holds is allowed
+        method = "predict_proba" if task == "classification" else "predict"
+        np.testing.assert_allclose(getattr(restored, method)(new_rows),
+                                   getattr(pipe, method)(new_rows), err_msg=learner.name)
+
+
+class Sneaky(TransformerMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return X
+
+
+def test_disallowed_type_is_refused():
+    data = sio.dumps(Pipeline([("sneaky", Sneaky())]))
+    with pytest.raises(FailedPrecondition) as e:
+        load_model(data)
+    assert e.value.reason == "UNTRUSTED_ARTIFACT"
+    assert "Sneaky" in e.value.message
+
+
+def test_disallowed_function_is_refused():
+    data = sio.dumps(Pipeline([("f", FunctionTransformer(func=print))]))
+    with pytest.raises(FailedPrecondition) as e:
+        load_model(data)
+    assert e.value.reason == "UNTRUSTED_ARTIFACT" and "builtins.print" in e.value.message
+
+
+def test_garbage_and_non_pipelines_are_refused():
+    with pytest.raises(FailedPrecondition) as e:
+        load_model(b"not a zip file")
+    assert e.value.reason == "INVALID_ARTIFACT"
+    with pytest.raises(FailedPrecondition) as e:
+        load_model(sio.dumps({"a": 1}))
+    assert e.value.reason == "INVALID_ARTIFACT"
+
+
+def test_allowlist_is_names_not_the_file_s_word():
+    assert "nbml_server.domain.automl.transformers.SchemaCoercer" in ALLOWED_TYPES
+    assert not any(name.startswith(("builtins.", "os.", "subprocess.")) for name in ALLOWED_TYPES)
