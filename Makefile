@@ -5,6 +5,8 @@ UV_VERSION := 0.13.9
 BUF_VERSION := 1.75.0
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 BUF := build/tools/node_modules/.bin/buf
+GRPCURL_VERSION := v1.9.3
+GRPCURL := build/tools/bin/grpcurl
 PORT ?= 8080
 
 .PHONY: up test venv gen lint-protos check-generated clean
@@ -12,8 +14,8 @@ PORT ?= 8080
 up: venv
 	$(UV) run nbml up --port $(PORT)
 
-test: venv lint-protos
-	$(UV) run pytest -q
+test: venv lint-protos $(GRPCURL)
+	PATH=$(CURDIR)/build/tools/bin:$$PATH $(UV) run pytest -q
 
 venv: $(UV)
 	$(UV) sync --frozen
@@ -25,6 +27,10 @@ venv: $(UV)
 # Regenerates the Python gRPC code in clients/python/src/nbml/v1 from protos/.
 gen: venv
 	$(UV) run python tools/gen_protos.py
+
+# grpcurl is what users reach for; the e2e tests drive it through Envoy's reflection.
+$(GRPCURL):
+	GOBIN=$(CURDIR)/build/tools/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix build/tools @bufbuild/buf@$(BUF_VERSION)

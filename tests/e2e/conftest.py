@@ -57,7 +57,7 @@ def trained(alice, breast_cancer_csv):
     """Alice's breast-cancer data set, a finished job on it, and an endpoint of its best model."""
     dataset = alice.upload_dataset(breast_cancer_csv)
     dataset_id = dataset.name.split("/")[-1]
-    job = alice.train(dataset_id, "target", budget_seconds=10)
+    job = alice.train(dataset_id, "target", budget_seconds=15)
     job = alice.wait_for_job(job.name.split("/")[-1])
     endpoint = alice.deploy(job.best_model.split("/")[-1])
     return {"dataset": dataset_id, "job": job.name.split("/")[-1],

@@ -4,6 +4,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from deploy.envoy.process import free_port
+from nbml_server.launcher import SERVICES
 
 pytestmark = pytest.mark.e2e
 NBML = [sys.executable, "-m", "nbml.cli.main"]
@@ -75,8 +77,9 @@ def test_ctrl_c_stops_everything(nbml_up):
     env, info, process = nbml_up
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
-    for address in info["services"].values():
-        port = int(address.rsplit(":", 1)[1])
+    ports = [int(info["address"].rsplit(":", 1)[1])] + [
+        int(address.rsplit(":", 1)[1]) for name, address in info["services"].items()
+        if name in SERVICES]
+    for port in ports:
         with pytest.raises(OSError):
-            import socket
             socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -197,7 +197,9 @@ def _prepare(request: SearchRequest) -> _Prepared:
         y_all = labels_of(data[request.target])
         classes = sorted(set(y_all))
     else:
-        y_all = coerce_numeric(data[request.target]).to_numpy()
+        y_all = coerce_numeric(data[request.target]).to_numpy()  # inf becomes NaN
+        finite = np.isfinite(y_all)
+        data, y_all = data[finite], y_all[finite]
         classes = []
     metric = resolve_metric(task, len(classes), request.metric)
     n = len(data)
