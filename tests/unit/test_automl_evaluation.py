@@ -8,9 +8,8 @@ import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.pipeline import Pipeline
 
-from nbml_server.domain.automl import (check_prediction_columns, evaluate, predict_frame,
+from nbml_server.domain.automl import (evaluate, predict_frame,
                                        rows_to_frame)
-from nbml_server.errors import InvalidArgument
 
 
 class ScoreColumnClassifier(ClassifierMixin, BaseEstimator):
@@ -100,14 +99,3 @@ def test_rows_to_frame_fills_missing_keys():
                                         {"a": 2.5, "b": None, "c": None}]
 
 
-def test_check_prediction_columns():
-    check_prediction_columns(["b", "a"], ["a", "b"])  # order does not matter
-    with pytest.raises(InvalidArgument) as e:
-        check_prediction_columns(["a", "zzz", "yyy"], ["a", "b", "c"])
-    assert e.value.reason == "PREDICTION_COLUMNS_MISMATCH"
-    assert [(v.field, v.description) for v in e.value.violations] == [
-        ("rows", "missing column 'b'"),
-        ("rows", "missing column 'c'"),
-        ("rows", "unknown column 'zzz'; expected: a, b, c"),
-        ("rows", "unknown column 'yyy'; expected: a, b, c"),
-    ]

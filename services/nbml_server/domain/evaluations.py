@@ -6,6 +6,9 @@ from nbml_server.domain import automl
 from nbml_server.domain.datasets import read_canonical
 from nbml_server.domain.model_registry import ModelRegistry, StoredEvaluation
 
+# Bound on one model's permutation importance, so a leaderboard answers in seconds.
+EVALUATION_SECONDS = 15.0
+
 
 class Evaluations:
     def __init__(self, models: ModelRegistry):
@@ -29,7 +32,7 @@ class Evaluations:
         pipeline = automl.load_model(self.models.artifact(model))
         holdout = read_canonical(self.models.blobs.get(model["holdout_key"]))
         result = automl.evaluate(pipeline, holdout, model["target_column"], model["task"],
-                                 model["metric"])
+                                 model["metric"], deadline=automl.Deadline(EVALUATION_SECONDS))
         return StoredEvaluation(
             metrics={k: float(v) for k, v in result.metrics.items()},
             confusion_labels=[str(x) for x in result.confusion_labels],

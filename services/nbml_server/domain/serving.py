@@ -4,7 +4,6 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from nbml_server.domain import automl
@@ -74,15 +73,13 @@ def check_rows(rows: list[dict], feature_columns: list[str]) -> None:
             f"{shown[0].description}", shown, reason="PREDICTION_COLUMNS_MISMATCH")
 
 
-def predict_frame(pipeline, model: dict, frame: pd.DataFrame) -> list[Prediction]:
-    frame = frame[model["feature_columns"]]
-    if model["task"] == "regression":
-        return [Prediction("", float(v), {}) for v in pipeline.predict(frame)]
-    probabilities = pipeline.predict_proba(frame)
-    classes = [str(c) for c in pipeline.classes_]
-    best = np.argmax(probabilities, axis=1)
-    return [Prediction(classes[b], float(p[b]), dict(zip(classes, map(float, p))))
-            for b, p in zip(best, probabilities)]
+def predictions_of(pipeline, model: dict, frame: pd.DataFrame) -> list[Prediction]:
+    result = automl.predict_frame(pipeline, frame[model["feature_columns"]], model["task"])
+    if "values" in result:
+        return [Prediction("", float(v), {}) for v in result["values"]]
+    classes = result["classes"]
+    return [Prediction(label, float(max(p)), dict(zip(classes, map(float, p))))
+            for label, p in zip(result["labels"], result["probabilities"])]
 
 
 class Predictor:
@@ -97,8 +94,8 @@ class Predictor:
         endpoint = self.endpoints.get(user_id, endpoint_id)
         model = self.models.get(user_id, endpoint["model_id"])
         check_rows(rows, model["feature_columns"])
-        frame = pd.DataFrame.from_records(rows, columns=model["feature_columns"])
-        return model["model_id"], predict_frame(self.cache.pipeline(model), model, frame)
+        frame = automl.rows_to_frame(rows, model["feature_columns"])
+        return model["model_id"], predictions_of(self.cache.pipeline(model), model, frame)
 
     def batch_predict(self, user_id: str, endpoint_id: str, dataset_id: str) -> dict:
         endpoint = self.endpoints.get(user_id, endpoint_id)
@@ -111,7 +108,7 @@ class Predictor:
                 f"datasets/{dataset_id} lacks the model's columns: {', '.join(missing)}",
                 [FieldViolation("dataset", f"missing column {c!r}") for c in missing],
                 reason="PREDICTION_COLUMNS_MISMATCH")
-        predictions = predict_frame(self.cache.pipeline(model), model, frame)
+        predictions = predictions_of(self.cache.pipeline(model), model, frame)
         output = frame.copy()
         output["prediction"] = [p.label if model["task"] != "regression" else p.value
                                 for p in predictions]

@@ -13,7 +13,7 @@ from .columns import COLUMN_TYPES, infer_column_type, resolve_column_types, to_l
 from .deadline import Deadline
 from .evaluation import Evaluation, evaluate
 from .learners import LEARNERS, Learner, LearnerContext
-from .prediction import check_prediction_columns, predict_frame, rows_to_frame
+from .prediction import predict_frame, rows_to_frame
 from .preprocessing import build_preprocessor
 from .search import (FittedModel, SearchRequest, SearchResult, TrialResult, build_pipeline,
                      run_search, validate_budget)
@@ -26,7 +26,7 @@ __all__ = [
     "DatePartsTransformer", "Deadline", "Evaluation", "FittedModel", "LEARNERS", "Learner",
     "LearnerContext", "REGRESSION", "REGRESSION_METRICS", "SchemaCoercer", "SearchRequest",
     "SearchResult", "TextStatsTransformer", "TrialResult", "build_pipeline",
-    "build_preprocessor", "check_prediction_columns", "evaluate", "greater_is_better",
+    "build_preprocessor", "evaluate", "greater_is_better",
     "infer_column_type", "load_model", "predict_frame", "resolve_column_types",
     "resolve_metric", "resolve_task", "rows_to_frame", "run_search", "save_model", "to_label",
     "validate_budget",

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from nbml_server.errors import FieldViolation, InvalidArgument
 
 from .tasks import CLASSIFICATION
 
-PREDICTION_FIELD = "rows"
-
-
-def check_prediction_columns(frame_columns: Iterable[str], feature_columns: Sequence[str],
-                             *, field: str = PREDICTION_FIELD) -> None:
-    """Raises InvalidArgument (PREDICTION_COLUMNS_MISMATCH) with one violation per
-    missing and per unknown column, unless the columns are exactly the features."""
-    given = [str(c) for c in frame_columns]
-    expected = [str(c) for c in feature_columns]
-    given_set, expected_set = set(given), set(expected)
-    violations = [FieldViolation(field, f"missing column '{c}'")
-                  for c in expected if c not in given_set]
-    listing = ", ".join(expected)
-    violations += [FieldViolation(field, f"unknown column '{c}'; expected: {listing}")
-                   for c in dict.fromkeys(given) if c not in expected_set]
-    if violations:
-        raise InvalidArgument("rows do not match the model's columns: "
-                              + "; ".join(v.description for v in violations),
-                              violations, reason="PREDICTION_COLUMNS_MISMATCH")
 
 
 def rows_to_frame(rows: Sequence[Mapping[str, Any]], feature_columns: Sequence[str]) -> pd.DataFrame:
