@@ -62,7 +62,7 @@ class LocalPlatform:
             upstreams = {c.name: tuple(_split(c.address)) for c in self.children
                          if c.name in SERVICES}
             self.envoy = EnvoyProcess(self.home / "envoy", upstreams=upstreams,
-                                      listen_port=self.http_port)
+                                      listen_port=self.http_port, wait_healthy=True)
             (self.home / "envoy").mkdir(exist_ok=True)
             self.envoy.start()
         except BaseException:

@@ -1,0 +1,215 @@
+"""Serving: prediction row checks, the LRU model cache, and prediction shaping."""
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from threadpoolctl import threadpool_limits
+
+from nbml_server.domain.automl import (LEARNERS, LearnerContext, build_pipeline, load_model,
+                                       save_model)
+from nbml_server.domain.serving import (MAX_REPORTED_VIOLATIONS, MAX_ROWS_PER_REQUEST,
+                                        ModelCache, check_rows, predictions_of)
+from nbml_server.errors import FailedPrecondition, InvalidArgument
+
+FEATURES = ["x", "colour"]
+TYPES = {"x": "numeric", "colour": "categorical"}
+
+
+def tiny_frame(n=30):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=n)
+    return pd.DataFrame({"x": x, "colour": rng.choice(["red", "blue"], n)}), x
+
+
+def fitted(task):
+    X, x = tiny_frame()
+    if task == "regression":
+        learner, params, y = LEARNERS["ridge"], {"alpha": 1.0}, 3 * x + 1
+        ctx = LearnerContext(task=task, n_rows=len(X), n_jobs=1)
+    else:
+        learner, params = LEARNERS["logistic_regression"], {"C": 1.0, "class_weight": None}
+        y = np.where(x > 0, "yes", "no").astype(object)
+        ctx = LearnerContext(task=task, n_rows=len(X), n_classes=2, min_class_count=10,
+                             n_jobs=1)
+    with threadpool_limits(1):
+        return build_pipeline(learner, params, ctx, TYPES, TYPES).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def artifact():
+    return save_model(fitted("regression"))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return fitted("classification")
+
+
+class FakeRegistry:
+    """What ModelCache needs of a ModelRegistry: artifact(record) -> bytes."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.loads: list[str] = []
+        self.lock = threading.Lock()
+
+    def artifact(self, record: dict) -> bytes:
+        with self.lock:
+            self.loads.append(record["model_id"])
+        return self.data
+
+
+def model(model_id):
+    return {"model_id": model_id, "artifact_key": f"users/u/models/{model_id}/model.skops"}
+
+
+def invalid_rows(rows, columns=FEATURES) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as e:
+        check_rows(rows, columns)
+    return e.value
+
+
+# -- check_rows ------------------------------------------------------------------------
+
+def test_good_rows_pass():
+    check_rows([{"x": 1, "colour": "red"}, {"colour": None, "x": "2"}], FEATURES)
+
+
+def test_no_rows():
+    error = invalid_rows([])
+    assert error.reason == "NO_ROWS"
+    assert [v.field for v in error.violations] == ["rows"]
+
+
+def test_too_many_rows():
+    row = {"x": 1, "colour": "red"}
+    check_rows([row] * MAX_ROWS_PER_REQUEST, FEATURES)
+    error = invalid_rows([row] * (MAX_ROWS_PER_REQUEST + 1))
+    assert error.reason == "TOO_MANY_ROWS"
+    assert [v.field for v in error.violations] == ["rows"]
+
+
+def test_missing_column():
+    error = invalid_rows([{"x": 1, "colour": "red"}, {"x": 2}])
+    assert error.reason == "PREDICTION_COLUMNS_MISMATCH"
+    assert [(v.field, v.description) for v in error.violations] == [
+        ("rows[1].colour", "missing column 'colour'")]
+    assert error.message == "1 problem(s) with the rows, first: rows[1].colour: missing column 'colour'"
+
+
+def test_extra_column_lists_the_expected_ones():
+    error = invalid_rows([{"x": 1, "colour": "red", "size": 3}])
+    assert error.reason == "PREDICTION_COLUMNS_MISMATCH"
+    [violation] = error.violations
+    assert violation.field == "rows[0].size"
+    assert violation.description == "unknown column 'size'; expected: x, colour"
+
+
+def test_missing_and_extra_in_one_row_missing_first_then_sorted():
+    error = invalid_rows([{"b_extra": 1, "a_extra": 2}], ["z", "y"])
+    assert [v.field for v in error.violations] == [
+        "rows[0].y", "rows[0].z", "rows[0].a_extra", "rows[0].b_extra"]
+
+
+def test_column_names_are_case_sensitive():
+    error = invalid_rows([{"X": 1, "colour": "red"}])
+    assert [v.field for v in error.violations] == ["rows[0].x", "rows[0].X"]
+
+
+def test_violations_are_capped():
+    rows = [{} for _ in range(50)]  # two missing columns per row: 100 problems
+    error = invalid_rows(rows)
+    assert MAX_REPORTED_VIOLATIONS == 20
+    assert len(error.violations) == MAX_REPORTED_VIOLATIONS
+    assert error.violations[0].field == "rows[0].colour"
+    assert error.violations[-1].field == "rows[9].x"
+    assert error.message.startswith("20 problem(s) with the rows, first: rows[0].colour")
+
+
+def test_cap_applies_within_one_wide_row():
+    columns = [f"c{i:02d}" for i in range(30)]
+    error = invalid_rows([{}], columns)
+    assert len(error.violations) == MAX_REPORTED_VIOLATIONS
+    assert [v.field for v in error.violations] == [f"rows[0].c{i:02d}" for i in range(20)]
+
+
+def test_good_rows_before_a_bad_one_are_not_reported():
+    rows = [{"x": 1, "colour": "red"}] * 5 + [{"x": 1}]
+    assert [v.field for v in invalid_rows(rows).violations] == ["rows[5].colour"]
+
+
+# -- ModelCache ------------------------------------------------------------------------
+
+def test_a_cached_model_is_not_reloaded(artifact):
+    registry = FakeRegistry(artifact)
+    cache = ModelCache(registry, capacity=2)
+    first = cache.pipeline(model("mdl_a"))
+    again = cache.pipeline(model("mdl_a"))
+    assert again is first
+    assert registry.loads == ["mdl_a"]
+    # And it is a working pipeline.
+    prediction = first.predict(pd.DataFrame({"x": [1.0], "colour": ["red"]}))
+    assert prediction.shape == (1,)
+
+
+def test_least_recently_used_is_evicted(artifact):
+    registry = FakeRegistry(artifact)
+    cache = ModelCache(registry, capacity=2)
+    a = cache.pipeline(model("mdl_a"))
+    cache.pipeline(model("mdl_b"))
+    assert cache.pipeline(model("mdl_a")) is a   # a is now the most recently used
+    cache.pipeline(model("mdl_c"))               # evicts b, not a
+    assert registry.loads == ["mdl_a", "mdl_b", "mdl_c"]
+    assert cache.pipeline(model("mdl_a")) is a
+    assert registry.loads == ["mdl_a", "mdl_b", "mdl_c"]
+    cache.pipeline(model("mdl_b"))               # reloaded; evicts c (a was used later)
+    assert registry.loads == ["mdl_a", "mdl_b", "mdl_c", "mdl_b"]
+    cache.pipeline(model("mdl_a"))
+    cache.pipeline(model("mdl_c"))
+    assert registry.loads == ["mdl_a", "mdl_b", "mdl_c", "mdl_b", "mdl_c"]
+
+
+def test_cache_never_holds_more_than_capacity(artifact):
+    registry = FakeRegistry(artifact)
+    cache = ModelCache(registry, capacity=1)
+    for _ in range(2):
+        cache.pipeline(model("mdl_a"))
+        cache.pipeline(model("mdl_b"))
+    assert registry.loads == ["mdl_a", "mdl_b", "mdl_a", "mdl_b"]
+    assert len(cache._loaded) == 1
+
+
+def test_bad_artifact_is_refused_and_not_cached():
+    registry = FakeRegistry(b"not a model")
+    cache = ModelCache(registry, capacity=2)
+    for _ in range(2):
+        with pytest.raises(FailedPrecondition) as e:
+            cache.pipeline(model("mdl_bad"))
+        assert e.value.reason == "INVALID_ARTIFACT"
+    assert registry.loads == ["mdl_bad", "mdl_bad"]
+
+
+# -- predictions_of --------------------------------------------------------------------
+
+def test_regression_predictions(artifact):
+    pipeline = load_model(artifact)
+    frame = pd.DataFrame({"colour": ["red", "blue"], "x": [0.0, 1.0], "ignored": [1, 2]})
+    predictions = predictions_of(pipeline, {"feature_columns": FEATURES, "task": "regression"},
+                                 frame)
+    assert [p.label for p in predictions] == ["", ""]
+    assert [p.probabilities for p in predictions] == [{}, {}]
+    assert predictions[1].value > predictions[0].value  # y = 3x + 1
+    assert all(isinstance(p.value, float) for p in predictions)
+
+
+def test_classification_predictions(classifier):
+    frame = pd.DataFrame({"x": [-2.0, 2.0], "colour": ["red", "blue"]})
+    predictions = predictions_of(classifier,
+                                 {"feature_columns": FEATURES, "task": "classification"}, frame)
+    assert [p.label for p in predictions] == ["no", "yes"]
+    for p in predictions:
+        assert set(p.probabilities) == {"no", "yes"}
+        assert sum(p.probabilities.values()) == pytest.approx(1.0)
+        assert p.value == max(p.probabilities.values()) == p.probabilities[p.label]
