@@ -144,3 +144,20 @@ def test_prediction_rows_with_missing_or_extra_columns(platform, alice, trained,
         assert needle in body["message"]
         details = [d for d in body["details"] if d["@type"].endswith("BadRequest")]
         assert details[0]["field_violations"][0]["field"].startswith("rows[0].")
+
+
+def test_user_rules_reject_the_upload(bob, tmp_path):
+    path = tmp_path / "ages.csv"
+    pd.DataFrame({"age": [30, -4, 50], "country": ["FR", "US", "XX"]}).to_csv(path, index=False)
+    before = len(bob.datasets())
+    error = error_of(bob.upload_dataset, path, rules={
+        "required_columns": ["age", "income"],
+        "column_rules": [{"column": "age", "min": 0},
+                         {"column": "country", "allowed_values": ["FR", "US"]}]})
+    assert (error.code, error.reason) == ("INVALID_ARGUMENT", "RULES_VIOLATED")
+    fields = [v.field for v in error.field_violations]
+    assert "metadata.rules.required_columns[1]" in fields
+    assert any("income" in v.description for v in error.field_violations)
+    assert any("-4" in v.description for v in error.field_violations)
+    assert any("XX" in v.description for v in error.field_violations)
+    assert len(bob.datasets()) == before

@@ -57,3 +57,31 @@ def test_api_key_works_for_scripts(platform, alice):
     secret = alice.create_api_key("ci script")
     with Client(platform.address, secret) as script:
         assert script.whoami().username == "alice"
+
+
+def test_cancel_a_running_job(alice, trained):
+    job = alice.train(trained["dataset"], "target", budget_seconds=300)
+    job_id = job.name.split("/")[-1]
+    for update in alice.watch_job(job_id):
+        if update.state == trainer_service_pb2.JOB_STATE_RUNNING:
+            break
+    alice.cancel_job(job_id)
+    final = alice.wait_for_job(job_id)
+    assert final.state == trainer_service_pb2.JOB_STATE_CANCELLED
+    assert final.progress.stage == "cancelled"
+
+
+def test_parquet_upload_and_profile(alice):
+    import pandas as pd
+    frame = pd.DataFrame({"when": pd.date_range("2024-01-01", periods=30, freq="D"),
+                          "city": ["Paris", "Lyon", None] * 10,
+                          "price": [float(i) for i in range(30)]})
+    dataset = alice.upload_dataset(frame, name="frame")
+    assert dataset.row_count == 30
+    types = {c.name: c.type for c in dataset.profile.columns}
+    from nbml.v1 import common_pb2
+    assert types == {"when": common_pb2.COLUMN_TYPE_DATETIME,
+                     "city": common_pb2.COLUMN_TYPE_CATEGORICAL,
+                     "price": common_pb2.COLUMN_TYPE_NUMERIC}
+    city = next(c for c in dataset.profile.columns if c.name == "city")
+    assert abs(city.missing_rate - 1 / 3) < 1e-9

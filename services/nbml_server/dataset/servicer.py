@@ -10,7 +10,7 @@ from nbml.v1 import common_pb2, dataset_service_pb2 as pb, dataset_service_pb2_g
 from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.datasets import ColumnRule, ValidationRules, to_csv_bytes
 from nbml_server.domain.names import parse_name
-from nbml_server.errors import InvalidArgument
+from nbml_server.errors import FieldViolation, InvalidArgument
 from nbml_server.platform.convert import timestamp
 from nbml_server.platform.interceptors import current_caller
 
@@ -80,6 +80,13 @@ def rules_from_message(rules: pb.ValidationRules) -> ValidationRules | None:
             for r in rules.column_rules))
 
 
+def _as_request_fields(error: InvalidArgument) -> InvalidArgument:
+    """Rule violations name `rules.…`; in this request the rules are `metadata.rules.…`."""
+    violations = [FieldViolation(f"metadata.{v.field}", v.description)
+                  if v.field.startswith("rules.") else v for v in error.violations]
+    return InvalidArgument(error.message, violations, reason=error.reason)
+
+
 class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def __init__(self, catalog: DatasetCatalog, max_upload_bytes: int):
         self.catalog = catalog
@@ -107,9 +114,12 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         if len(metadata.display_name) > 200:
             raise InvalidArgument.of("metadata.display_name", "at most 200 characters",
                                      reason="DISPLAY_NAME_TOO_LONG")
-        record = self.catalog.upload(
-            caller.user_id, b"".join(chunks), display_name=metadata.display_name,
-            format=FORMATS.get(metadata.format), rules=rules_from_message(metadata.rules))
+        try:
+            record = self.catalog.upload(
+                caller.user_id, b"".join(chunks), display_name=metadata.display_name,
+                format=FORMATS.get(metadata.format), rules=rules_from_message(metadata.rules))
+        except InvalidArgument as error:
+            raise _as_request_fields(error) from None
         return dataset_message(record)
 
     def GetDataset(self, request, context):
