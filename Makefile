@@ -18,7 +18,7 @@ test: venv lint-protos $(GRPCURL)
 	PATH=$(CURDIR)/build/tools/bin:$$PATH $(UV) run pytest -q
 
 venv: $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --extra cluster
 
 .tools/bin/uv:
 	python3 -m venv .tools

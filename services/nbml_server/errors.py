@@ -62,3 +62,10 @@ class FailedPrecondition(DomainError):
 
 class ResourceExhausted(DomainError):
     reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(DomainError):
+    """A backend (table store, blob store, event bus) cannot be reached right now; the
+    request may be retried. Adapters raise it for connection failures and time-outs."""
+
+    reason = "BACKEND_UNAVAILABLE"

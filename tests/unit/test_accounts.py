@@ -110,9 +110,6 @@ def test_valid_username_edges(env, username):
     assert user["username"] == username
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "accounts.py USERNAME_PATTERN uses `^...$` with re.match; `$` also matches before a "
-    "trailing newline, so 'alice\\n' is accepted as a distinct user name"))
 def test_username_with_trailing_newline_is_rejected(env):
     with pytest.raises(InvalidArgument):
         env.accounts.sign_up("alice\n", PASSWORD)
@@ -270,9 +267,6 @@ class _RacingStore:
         return row
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Accounts.refresh reads the refresh token then deletes it (get + delete, not atomic): "
-    "two concurrent refreshes of one token both succeed, defeating single-use rotation"))
 def test_concurrent_refreshes_of_one_token_only_one_wins(env):
     _, tokens = env.accounts.sign_up("Alice", PASSWORD)
     racing = Accounts(_RacingStore(env.store), env.issuer, refresh_ttl_seconds=REFRESH_TTL,
@@ -430,13 +424,12 @@ def test_activities_are_listed_newest_first(env):
         "/m/bob"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ids.new_id orders by millisecond only (the rest is random, not monotonic), so "
-    "activities recorded within one millisecond are listed in random order, not newest first"))
 def test_activities_in_the_same_millisecond_are_listed_newest_first(env, monkeypatch):
     user, _ = env.accounts.sign_up("Alice", PASSWORD)
-    frozen = time.time()
-    monkeypatch.setattr(ids, "time", types.SimpleNamespace(time=lambda: frozen))
+    # Twelve records within one millisecond, a microsecond apart.
+    start = (time.time_ns() // 1_000_000) * 1_000_000
+    ticks = iter(range(start, start + 12_000, 1000))
+    monkeypatch.setattr(ids, "time", types.SimpleNamespace(time_ns=lambda: next(ticks)))
     for n in range(12):
         env.accounts.record_activity(user["user_id"], activity(f"/m/{n}", n))
     rows = env.accounts.list_activities(caller_of(user), 0, "").rows

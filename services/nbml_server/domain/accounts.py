@@ -50,7 +50,7 @@ class Accounts:
 
     def sign_up(self, username: str, password: str) -> tuple[dict, Tokens]:
         violations = []
-        if not USERNAME_PATTERN.match(username):
+        if not USERNAME_PATTERN.fullmatch(username):
             violations.append(InvalidArgument.of(
                 "username", "3 to 64 letters, digits, '.', '_' or '-'", reason="INVALID_USERNAME"))
         if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
@@ -88,7 +88,12 @@ class Accounts:
         if record is None or record["expires"] < time.time():
             raise Unauthenticated("the refresh token is not valid or has expired; log in again",
                                   reason="REFRESH_TOKEN_INVALID")
-        # Rotation: a refresh token works once.
+        # Rotation: a refresh token works once. Claiming it is atomic (a lightweight
+        # transaction on Cassandra), so of two concurrent uses only one wins.
+        if not self.store.put_if_absent("spent_refresh_tokens", digest, "",
+                                        {"time": time.time()}):
+            raise Unauthenticated("the refresh token is not valid or has expired; log in again",
+                                  reason="REFRESH_TOKEN_INVALID")
         self.store.delete("refresh_tokens", digest, "")
         user = self.get_user(record["user_id"])
         return self._tokens_for(user)

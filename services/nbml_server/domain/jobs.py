@@ -86,16 +86,19 @@ class Jobs:
                          page_token=page_token)
 
     def request_cancel(self, user_id: str, job_id: str) -> dict:
-        job = self.get(user_id, job_id)
-        if job["state"] in (SUCCEEDED, FAILED):
-            raise FailedPrecondition(f"trainingJobs/{job_id} already {job['state']}",
-                                     reason="TRAINING_JOB_FINISHED")
-        if job["state"] == PENDING:
-            # Nobody runs it yet: it ends here; a worker that picks it up skips it.
-            return self.update(job_id, lambda j: j.update(
-                state=CANCELLED, cancel_requested=True,
-                progress={**j["progress"], "stage": "cancelled"}))
-        return self.update(job_id, lambda j: j.update(cancel_requested=True))
+        self.get(user_id, job_id)  # NOT_FOUND for another user's job
+
+        def cancel(job: dict) -> None:
+            # Decided on the freshest copy: a worker may have moved the job meanwhile.
+            if job["state"] in (SUCCEEDED, FAILED):
+                raise FailedPrecondition(f"trainingJobs/{job_id} already {job['state']}",
+                                         reason="TRAINING_JOB_FINISHED")
+            job["cancel_requested"] = True
+            if job["state"] == PENDING:
+                # Nobody runs it yet: it ends here; a worker that picks it up skips it.
+                job["state"] = CANCELLED
+                job["progress"] = {**job["progress"], "stage": "cancelled"}
+        return self.update(job_id, cancel)
 
     def update(self, job_id: str, change: Callable[[dict], None]) -> dict:
         """Applies `change` to the freshest copy and stores it (read-modify-write)."""

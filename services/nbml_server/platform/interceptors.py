@@ -143,6 +143,11 @@ class PlatformInterceptor(grpc.ServerInterceptor):
                 self._record(call, code, context)
         return wrapper
 
+    @staticmethod
+    def _aborted(context) -> bool:
+        """A handler that called context.abort() raised a bare Exception on purpose."""
+        return context.code() not in (None, grpc.StatusCode.OK)
+
     def _streaming(self, behaviour: Callable, method, metadata, request_id, public):
         def wrapper(request, context):
             call = _Call(method, request_id)
@@ -183,8 +188,9 @@ class PlatformInterceptor(grpc.ServerInterceptor):
         context.abort_with_status(status)  # raises; the caller's finally records it
         return status.code  # pragma: no cover
 
-    @staticmethod
-    def _abort_internal(context, call: _Call) -> grpc.StatusCode:
+    def _abort_internal(self, context, call: _Call) -> grpc.StatusCode:
+        if self._aborted(context):
+            raise  # keep the status the handler chose
         log.exception("%s %s failed", call.request_id, call.method)
         context.abort_with_status(internal_status(call.request_id))
         return grpc.StatusCode.INTERNAL  # pragma: no cover

@@ -17,6 +17,7 @@ _CODES = {
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -44,7 +45,7 @@ def to_status(error: errors.DomainError, request_id: str = "") -> grpc.Status:
             for v in error.violations])))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message,
                                details=details)
-    return rpc_status.to_status(status)
+    return _with_request_id(rpc_status.to_status(status), request_id)
 
 
 def internal_status(request_id: str) -> grpc.Status:
@@ -53,4 +54,17 @@ def internal_status(request_id: str) -> grpc.Status:
         message=f"internal error (request id {request_id}); the service is still up",
         details=[_packed(error_details_pb2.ErrorInfo(
             reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"request_id": request_id}))])
-    return rpc_status.to_status(status)
+    return _with_request_id(rpc_status.to_status(status), request_id)
+
+
+class _Status(grpc.Status):
+    def __init__(self, code, details, trailing_metadata):
+        self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
+
+
+def _with_request_id(status: grpc.Status, request_id: str) -> grpc.Status:
+    """Aborting replaces the trailers, so the request id travels with the status."""
+    if not request_id:
+        return status
+    return _Status(status.code, status.details,
+                   (*status.trailing_metadata, ("x-request-id", request_id)))

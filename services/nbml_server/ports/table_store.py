@@ -14,6 +14,7 @@ TABLES = (
     "users_by_name",      # partition: username, key: ""
     "users_by_id",        # partition: user id, key: ""
     "refresh_tokens",     # partition: token hash, key: ""
+    "spent_refresh_tokens",  # partition: token hash, key: "" (claimed once, atomically)
     "api_keys_by_user",   # partition: user id, key: api key id
     "api_keys_by_hash",   # partition: secret hash, key: ""
     "activity_by_user",   # partition: user id, key: time-ordered activity id
