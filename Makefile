@@ -9,10 +9,14 @@ GRPCURL_VERSION := v1.9.3
 GRPCURL := build/tools/bin/grpcurl
 PORT ?= 8080
 
-.PHONY: up test venv gen lint-protos check-generated clean
+.PHONY: up up-cluster test venv gen lint-protos clean
 
 up: venv
 	$(UV) run nbml up --port $(PORT)
+
+# The same mesh on Kafka, Cassandra and a GCS emulator, installed into the user cache.
+up-cluster: venv
+	$(UV) run nbml up --stack local-cluster --port $(PORT)
 
 test: venv lint-protos $(GRPCURL)
 	PATH=$(CURDIR)/build/tools/bin:$$PATH $(UV) run pytest -q

@@ -128,19 +128,39 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve_forever(http_port: int = 8080, json_output: bool = False) -> None:
-    """`nbml up`: run in the foreground until Ctrl-C (or SIGTERM)."""
+STACKS = ("embedded", "local-cluster")
+
+
+def serve_forever(http_port: int = 8080, json_output: bool = False,
+                  stack: str = "embedded") -> None:
+    """`nbml up`: run in the foreground until Ctrl-C (or SIGTERM).
+
+    `stack="local-cluster"` first starts Kafka, Cassandra and the GCS emulator under
+    `$NBML_HOME/cluster` and points the platform at them (two workers share the jobs).
+    """
+    if stack not in STACKS:
+        raise ValueError(f"unknown stack {stack!r}; one of {', '.join(STACKS)}")
     settings = Settings()
-    platform = LocalPlatform(settings.home, http_port=http_port)
     # SIGTERM stops as Ctrl-C does, so the children never outlive us.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     started = time.monotonic()
+    cluster = None
+    platform = LocalPlatform(settings.home, http_port=http_port)
     try:
+        if stack == "local-cluster":
+            from deploy.local_cluster.stack import LocalCluster
+            cluster = LocalCluster(settings.home / "cluster").start()
+            platform = LocalPlatform(settings.home, http_port=http_port, workers=2,
+                                     env=cluster.settings_env())
         platform.start()
     except KeyboardInterrupt:
+        if cluster is not None:
+            cluster.stop()
         return
     info = {"address": platform.address, "grpc": platform.address,
-            "rest": f"http://{platform.address}", "home": str(settings.home),
+            "rest": f"http://{platform.address}", "home": str(settings.home), "stack": stack,
+            "backends": {k: platform.env.get(k, "") for k in ("NBML_STORE", "NBML_BLOBS",
+                                                              "NBML_BUS")},
             "logs": str(settings.home / "logs"),
             "services": {c.name: c.address for c in platform.children}}
     if json_output:
@@ -159,5 +179,7 @@ def serve_forever(http_port: int = 8080, json_output: bool = False) -> None:
         pass
     finally:
         platform.stop()
+        if cluster is not None:
+            cluster.stop()
     if not json_output:
         print("stopped", flush=True)

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb(verbs, "up", "up", "run the whole platform locally (needs nbml-platform)")
     p.add_argument("--port", type=_port, default=8080, help="HTTP/gRPC port (default 8080)")
+    p.add_argument("--stack", choices=("embedded", "local-cluster"), default="embedded",
+                   help="embedded backends (default), or Kafka + Cassandra + a GCS emulator "
+                        "that the platform installs and starts itself")
 
     for name, text in (("signup", "create an account and log in"),
                        ("login", "log in and store the tokens")):
@@ -294,7 +297,7 @@ def _up(args: argparse.Namespace, out: Output) -> int:
             out.emit({"error": {"code": "FAILED_PRECONDITION", "reason": "PLATFORM_NOT_INSTALLED",
                                 "message": message, "field_violations": []}})
         return 2
-    result = serve_forever(http_port=args.port, json_output=args.json)
+    result = serve_forever(http_port=args.port, json_output=args.json, stack=args.stack)
     return result if isinstance(result, int) else 0
 
 
