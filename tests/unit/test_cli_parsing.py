@@ -160,7 +160,9 @@ def test_up_calls_serve_forever(monkeypatch):
     fake.serve_forever = lambda **kw: calls.append(kw)
     monkeypatch.setitem(sys.modules, "nbml_server.launcher", fake)
     assert main(["up", "--port", "9999", "--json"]) == 0
-    assert calls == [{"http_port": 9999, "json_output": True}]
+    assert main(["up", "--stack", "local-cluster"]) == 0
+    assert calls == [{"http_port": 9999, "json_output": True, "stack": "embedded"},
+                     {"http_port": 8080, "json_output": False, "stack": "local-cluster"}]
 
 
 # ------------------------------------------------------------------ passwords
