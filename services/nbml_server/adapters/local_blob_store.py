@@ -11,7 +11,10 @@ Limitation compared with an object store: a key cannot also be a folder of other
 import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
+from collections.abc import Callable
+from typing import BinaryIO
 
 from nbml_server.ports.blob_store import BlobNotFound, BlobStore
 
@@ -19,6 +22,8 @@ from nbml_server.ports.blob_store import BlobNotFound, BlobStore
 _TEMP_PREFIX = ".nbml-tmp-"
 # How often `put` retries when a concurrent delete removed the folder it just made.
 _PUT_ATTEMPTS = 5
+# Bytes `put_stream` copies at a time.
+_COPY_CHUNK = 1 << 20
 
 
 def _check_key(key: str) -> None:
@@ -57,6 +62,13 @@ class LocalBlobStore(BlobStore):
         return self._root / key
 
     def put(self, key: str, data: bytes) -> None:
+        self._write(key, lambda out: out.write(data))
+
+    def put_stream(self, key: str, stream: BinaryIO) -> None:
+        """Copies `stream` to a temporary file in chunks, then renames it over the key."""
+        self._write(key, lambda out: shutil.copyfileobj(stream, out, _COPY_CHUNK))
+
+    def _write(self, key: str, fill: Callable[[BinaryIO], object]) -> None:
         path = self._path(key)
         for attempt in range(_PUT_ATTEMPTS):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +81,7 @@ class LocalBlobStore(BlobStore):
                     raise
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                fill(out)
                 out.flush()
                 # Without fsync a crash soon after the rename can leave an empty file
                 # under the key on some file systems.
@@ -84,6 +96,15 @@ class LocalBlobStore(BlobStore):
         path = self._path(key)
         try:
             return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise BlobNotFound(key) from None
+
+    def open_read(self, key: str) -> BinaryIO:
+        """The open file: a later `put` renames a new file over the key, so this reader
+        keeps seeing the version it opened."""
+        path = self._path(key)
+        try:
+            return open(path, "rb")  # the caller closes it
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise BlobNotFound(key) from None
 

@@ -1,6 +1,8 @@
 """Blob store port: immutable-ish byte objects under slash-separated keys."""
 
+import io
 from abc import ABC, abstractmethod
+from typing import BinaryIO
 
 
 class BlobNotFound(KeyError):
@@ -18,6 +20,19 @@ class BlobStore(ABC):
     - `delete` of a missing key is not an error; `delete_prefix` removes every key
       under a prefix.
     - `list` returns the keys under a prefix, sorted.
+    - `put_stream(key, stream)` stores everything `stream.read()` yields until EOF,
+      with the same atomicity as `put`; adapters read the stream in bounded chunks,
+      so a blob larger than memory can pass through. The stream only needs `read`;
+      the caller keeps ownership (the store does not close it).
+    - `open_read(key)` returns a readable binary file object over the blob (raises
+      BlobNotFound if missing) that the caller closes; reading it in chunks keeps
+      memory bounded. It yields one whole version of the blob: a `put` racing with
+      the reader never mixes old and new bytes.
+    - An adapter whose backend cannot be reached raises nbml_server.errors.Unavailable
+      within seconds rather than hanging.
+
+    The defaults of `put_stream` and `open_read` go through memory; adapters override
+    them to stream.
     """
 
     @abstractmethod
@@ -34,6 +49,12 @@ class BlobStore(ABC):
 
     @abstractmethod
     def list(self, prefix: str) -> list[str]: ...
+
+    def put_stream(self, key: str, stream: BinaryIO) -> None:
+        self.put(key, stream.read())
+
+    def open_read(self, key: str) -> BinaryIO:
+        return io.BytesIO(self.get(key))
 
     def delete_prefix(self, prefix: str) -> None:
         for key in self.list(prefix):

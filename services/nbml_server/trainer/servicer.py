@@ -1,7 +1,5 @@
 """TrainerService: create/get/list/cancel/watch training jobs, list their trials."""
 
-import time
-
 from nbml.v1 import common_pb2, trainer_service_pb2 as pb, trainer_service_pb2_grpc
 from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.jobs import TERMINAL, Jobs, check_job_request, raise_violations
@@ -10,6 +8,7 @@ from nbml_server.domain.paging import list_page
 from nbml_server.platform.convert import text_params, timestamp
 from nbml_server.platform.events import JobEventPublisher
 from nbml_server.platform.interceptors import current_caller
+from nbml_server.platform.job_watch import JobChangeNotifier
 
 TASK_NAMES = {common_pb2.TASK_UNSPECIFIED: "auto", common_pb2.TASK_AUTO: "auto",
               common_pb2.TASK_CLASSIFICATION: "classification",
@@ -19,7 +18,8 @@ TASK_ENUMS = {"auto": common_pb2.TASK_AUTO, "classification": common_pb2.TASK_CL
 STATE_ENUMS = {"pending": pb.JOB_STATE_PENDING, "running": pb.JOB_STATE_RUNNING,
                "succeeded": pb.JOB_STATE_SUCCEEDED, "failed": pb.JOB_STATE_FAILED,
                "cancelled": pb.JOB_STATE_CANCELLED}
-WATCH_INTERVAL_SECONDS = 0.25
+# Events wake a watch at once; without one (bus down) it re-reads this often.
+WATCH_FALLBACK_SECONDS = 5.0
 
 
 def job_message(job: dict) -> pb.TrainingJob:
@@ -48,10 +48,12 @@ def trial_message(job_id: str, trial: dict) -> pb.Trial:
 
 
 class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, jobs: Jobs, datasets: DatasetCatalog, events: JobEventPublisher):
+    def __init__(self, jobs: Jobs, datasets: DatasetCatalog, events: JobEventPublisher,
+                 changes: JobChangeNotifier):
         self.jobs = jobs
         self.datasets = datasets
         self.events = events
+        self.changes = changes
 
     def CreateTrainingJob(self, request, context):
         caller = current_caller()
@@ -85,6 +87,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
 
     def WatchTrainingJob(self, request, context):
         job = self._get(request.name)
+        seen = self.changes.version(job["job_id"])
         last_update = None
         while context.is_active():
             if job["update_time"] != last_update:
@@ -92,9 +95,7 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
                 yield job_message(job)
             if job["state"] in TERMINAL:
                 return
-            # The job record is the source of truth; polling it keeps the watch correct
-            # whichever worker runs the job and whatever bus carries its events.
-            time.sleep(WATCH_INTERVAL_SECONDS)
+            seen = self.changes.wait_for_change(job["job_id"], seen, WATCH_FALLBACK_SECONDS)
             job = self.jobs.get(job["user_id"], job["job_id"])
 
     def ListTrials(self, request, context):

@@ -40,6 +40,7 @@ class JobRunner:
         job = self.jobs.update(job_id, lambda j: j.update(
             state=RUNNING, attempt=j["attempt"] + 1,
             progress={**j["progress"], "stage": "loading data"}))
+        self.events.progressed(job)
         try:
             self._search_and_store(job)
         except DomainError as error:
@@ -62,6 +63,7 @@ class JobRunner:
                    "fit_seconds": trial.fit_seconds, "error": trial.error,
                    "finish_time": time.time()}
             self.jobs.store.put("trials_by_job", job_id, f"{trial.number:06d}", row)
+            self.events.trial_completed(job, row)
 
         def on_progress(trials_completed: int, best_score: float | None, stage: str) -> None:
             updated = self.jobs.update(job_id, lambda j: j.update(progress={
