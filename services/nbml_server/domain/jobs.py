@@ -110,6 +110,11 @@ class Jobs:
         self._write(job)
         return job
 
+    def discard(self, job: dict) -> None:
+        """Removes a job nobody was told about (its creation could not be announced)."""
+        self.store.delete("jobs_by_user", job["user_id"], job["job_id"])
+        self.store.delete("jobs_by_id", job["job_id"], "")
+
     def _write(self, job: dict) -> None:
         self.store.put("jobs_by_id", job["job_id"], "", job)
         self.store.put("jobs_by_user", job["user_id"], job["job_id"], job)

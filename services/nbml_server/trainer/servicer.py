@@ -68,7 +68,12 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         job = self.jobs.create(user_id=caller.user_id, dataset_id=dataset_id,
                                target_column=spec.target_column, task=task, metric=spec.metric,
                                budget_seconds=spec.budget_seconds)
-        self.events.requested(job)
+        try:
+            self.events.requested(job)
+        except Exception:
+            # No worker will ever hear of it: take the record back, leave nothing behind.
+            self.jobs.discard(job)
+            raise
         return job_message(job)
 
     def GetTrainingJob(self, request, context):

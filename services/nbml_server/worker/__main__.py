@@ -8,6 +8,8 @@ raises is moved to the dead-letter topic with the reason, and committed.
 import base64
 import json
 import logging
+import os
+import socket
 import threading
 
 from nbml_server.domain.dataset_catalog import DatasetCatalog
@@ -29,7 +31,8 @@ def main() -> None:
     platform = open_platform(settings)
     events = JobEventPublisher(platform.bus)
     runner = JobRunner(Jobs(platform.store), DatasetCatalog(platform.store, platform.blobs),
-                       ModelRegistry(platform.store, platform.blobs), events)
+                       ModelRegistry(platform.store, platform.blobs), events,
+                       worker_name=f"{socket.gethostname()}:{os.getpid()}")
     stopping = threading.Event()
     stop_on_signals(stopping.set)
     subscription = platform.bus.subscribe(TRAINING_JOBS_TOPIC, CONSUMER_GROUP)

@@ -24,7 +24,8 @@ CANCEL_CHECK_SECONDS = 1.0
 
 class JobRunner:
     def __init__(self, jobs: Jobs, datasets: DatasetCatalog, models: ModelRegistry,
-                 events: JobEventPublisher):
+                 events: JobEventPublisher, worker_name: str = ""):
+        self.worker_name = worker_name  # recorded on the job: which worker runs it
         self.jobs = jobs
         self.datasets = datasets
         self.models = models
@@ -38,7 +39,7 @@ class JobRunner:
             self._fail(job_id, f"the job was interrupted {job['attempt']} times; giving up")
             return
         job = self.jobs.update(job_id, lambda j: j.update(
-            state=RUNNING, attempt=j["attempt"] + 1,
+            state=RUNNING, attempt=j["attempt"] + 1, worker=self.worker_name,
             progress={**j["progress"], "stage": "loading data"}))
         self.events.progressed(job)
         try:

@@ -1,0 +1,309 @@
+"""A real Apache Kafka broker for the local cluster, run from the jars on Maven Central.
+
+`KafkaBroker(data_dir)` runs one Kafka 4 node in KRaft combined mode (broker and
+controller in one JVM, a single-voter quorum; Kafka 4 has no ZooKeeper), listening on
+127.0.0.1 only:
+
+    <data_dir>/ports.json          the PLAINTEXT and CONTROLLER ports, chosen once
+    <data_dir>/server.properties   written on every start from the ports
+    <data_dir>/log4j2.properties   the broker's logging: to files, not the terminal
+    <data_dir>/data/               log.dirs (topics, offsets, the KRaft metadata log)
+    <data_dir>/logs/server.log     the broker's log; logs/kafka.out its stdout/stderr
+
+The storage is formatted (`kafka.tools.StorageTool format`) only on the first start,
+so messages and committed offsets survive `stop()`/`start()`, and the ports are kept
+in `ports.json` so a later broker on the same folder listens where clients expect it.
+
+`start()` returns once a Kafka client (kafka-python's admin client) gets cluster
+metadata naming this broker; `stop()` sends SIGTERM (a controlled shutdown) and kills
+the JVM if it has not exited in time.
+"""
+
+import base64
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from deploy.local_cluster.downloads import free_port, maven_classpath
+
+KAFKA_VERSION = "4.4.0"
+SCALA_VERSION = "2.13"
+# log4j-core comes with Kafka; the SLF4J 1.x binding (shipped in the Kafka distribution,
+# not a Maven dependency of kafka_2.13) sends Kafka's SLF4J logging to it.
+LOG4J_VERSION = "2.25.5"
+COORDINATES = [f"org.apache.kafka:kafka_{SCALA_VERSION}:{KAFKA_VERSION}",
+               f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}"]
+NODE_ID = 1
+HEAP = "512m"
+
+SERVER_PROPERTIES = """\
+# Written by deploy/local_cluster/kafka.py on every start; edits are overwritten.
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.voters={node_id}@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+log.dirs={log_dirs}
+
+# One node: internal topics have one replica.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+default.replication.factor=1
+min.insync.replicas=1
+
+# Clients create their topics with the partition count they want.
+auto.create.topics.enable=false
+
+# Consumer groups form at once, and tests may use short session timeouts.
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+
+# A small machine.
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+background.threads=4
+"""
+
+LOG4J2_PROPERTIES = """\
+# Written by deploy/local_cluster/kafka.py.
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.filePattern = {log}.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.controller.name = org.apache.kafka.controller
+logger.controller.level = INFO
+"""
+
+
+class KafkaBroker:
+    """One Kafka node on 127.0.0.1; a context manager (start on enter, stop on exit)."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, port: int = 0, controller_port: int = 0,
+                 start_timeout: float = 90.0, stop_timeout: float = 30.0):
+        self.data_dir = pathlib.Path(data_dir).absolute()
+        self._wanted = (port, controller_port)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.port = 0
+        self.controller_port = 0
+        self.process: subprocess.Popen | None = None
+        self._out = None
+
+    # Where clients connect.
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def uri(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    @property
+    def log_file(self) -> pathlib.Path:
+        return self.data_dir / "logs" / "server.log"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # Lifecycle.
+
+    def start(self) -> "KafkaBroker":
+        if self.running:
+            return self
+        lib = self._install()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        self._choose_ports()
+        properties = self._write_config()
+        if not self._formatted():
+            self._format(lib, properties)
+        self._out = open(self.data_dir / "logs" / "kafka.out", "ab")
+        command = self._java(lib, "kafka.Kafka", str(properties))
+        self.process = subprocess.Popen(
+            _die_with_parent(command), cwd=self.data_dir, stdin=subprocess.DEVNULL,
+            stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (a controlled shutdown that keeps the data), then SIGKILL after
+        `stop_timeout` seconds."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no controlled shutdown (data in the page cache
+        survives; the broker recovers its logs on the next start)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        self.stop()
+
+    def restart(self) -> "KafkaBroker":
+        """Stops and starts again on the same folder and ports."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> "KafkaBroker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # Steps.
+
+    def _install(self) -> pathlib.Path:
+        if shutil.which("java") is None:
+            raise RuntimeError("Java (17 or newer) is needed to run the local Kafka broker")
+        jars = maven_classpath(f"kafka-{KAFKA_VERSION}", COORDINATES)
+        return jars[0].parent
+
+    def _choose_ports(self) -> None:
+        """The ports given, else those of an earlier start on this folder, else free ones;
+        remembered in ports.json."""
+        saved_file = self.data_dir / "ports.json"
+        saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
+        port, controller_port = self._wanted
+        self.port = port or saved.get("port") or free_port()
+        self.controller_port = controller_port or saved.get("controller_port") or free_port()
+        while self.controller_port == self.port:
+            self.controller_port = free_port()
+        chosen = {"port": self.port, "controller_port": self.controller_port}
+        if chosen != saved:
+            saved_file.write_text(json.dumps(chosen) + "\n")
+
+    def _write_config(self) -> pathlib.Path:
+        properties = self.data_dir / "server.properties"
+        properties.write_text(SERVER_PROPERTIES.format(
+            node_id=NODE_ID, port=self.port, controller_port=self.controller_port,
+            log_dirs=_escape(str(self.data_dir / "data"))))
+        (self.data_dir / "log4j2.properties").write_text(
+            LOG4J2_PROPERTIES.format(log=self.log_file))
+        return properties
+
+    def _formatted(self) -> bool:
+        return (self.data_dir / "data" / "meta.properties").exists()
+
+    def _format(self, lib: pathlib.Path, properties: pathlib.Path) -> None:
+        cluster_id = _random_cluster_id()
+        result = subprocess.run(
+            self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                       "-c", str(properties)),
+            cwd=self.data_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"formatting Kafka storage in {self.data_dir / 'data'} failed "
+                               f"(exit {result.returncode}):\n{result.stdout}{result.stderr}")
+
+    def _java(self, lib: pathlib.Path, main: str, *args: str) -> list[str]:
+        return ["java", f"-Xmx{HEAP}", f"-Xms{HEAP}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+                f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
+                "-cp", f"{lib}/*", main, *args]
+
+    def _wait_ready(self) -> None:
+        """Until a client gets metadata that lists this broker (so it serves requests)."""
+        from kafka import KafkaAdminClient
+
+        deadline = time.monotonic() + self.start_timeout
+        last_error: Exception | None = None
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Kafka exited with code {self.process.returncode} while "
+                                   f"starting; log tail:\n{self._log_tail()}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"Kafka on {self.bootstrap} was not ready within {self.start_timeout:.0f} s "
+                    f"(last error: {last_error!r}); log tail:\n{self._log_tail()}")
+            admin = None
+            try:
+                admin = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap, client_id="nbml-local-cluster-check",
+                    bootstrap_timeout_ms=int(min(remaining, 5.0) * 1000),
+                    request_timeout_ms=5000)
+                cluster = admin.describe_cluster()
+                if any(b["node_id"] == NODE_ID for b in cluster.get("brokers", [])):
+                    admin.list_topics()
+                    return
+                last_error = RuntimeError(f"broker not registered yet: {cluster}")
+            except Exception as error:  # not listening yet, or not serving yet
+                last_error = error
+            finally:
+                if admin is not None:
+                    admin.close()
+            time.sleep(0.2)
+
+    def _log_tail(self, lines: int = 40) -> str:
+        tails = []
+        for path in (self.data_dir / "logs" / "kafka.out", self.log_file):
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                if text:
+                    tails.append(f"--- {path}\n" + "\n".join(text))
+        return "\n".join(tails) or "(no log)"
+
+
+def _random_cluster_id() -> str:
+    """A Kafka Uuid as text: 16 random bytes in URL-safe base64 without padding (as
+    `kafka-storage random-uuid` prints), not starting with '-' (read as an option)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def _escape(value: str) -> str:
+    """A value for a Java .properties file."""
+    return value.replace("\\", "\\\\")
+
+
+def _die_with_parent(command: list[str]) -> list[str]:
+    """On Linux, the JVM gets SIGTERM if the process that started it dies (a killed test
+    run leaves no broker behind). Note the parent is the starting *thread*: start
+    brokers from a thread that lives as long as they should."""
+    setpriv = shutil.which("setpriv")
+    if sys.platform.startswith("linux") and setpriv:
+        return [setpriv, "--pdeathsig", "TERM", "--", *command]
+    return command
