@@ -241,6 +241,7 @@ class CassandraNode:
     def _launch(self, classpath: list[pathlib.Path]) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
+        (self.data_dir / "triggers").mkdir(exist_ok=True)
         self._ports_file.write_text(json.dumps(
             {"native_port": self.native_port, "storage_port": self.storage_port}))
         config = self.data_dir / "cassandra.yaml"
@@ -256,8 +257,7 @@ class CassandraNode:
         command = [
             "java",
             f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Xss256k",
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=300", "-XX:+HeapDumpOnOutOfMemoryError",
-            f"-XX:HeapDumpPath={self.data_dir}", "-XX:+PerfDisableSharedMem",
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=300", "-XX:+ExitOnOutOfMemoryError", "-XX:+PerfDisableSharedMem",
             "-Djava.net.preferIPv4Stack=true",
             f"-javaagent:{jamm}",
             *JDK17_MODULE_FLAGS,

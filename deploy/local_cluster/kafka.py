@@ -264,7 +264,8 @@ class KafkaBroker:
                     bootstrap_timeout_ms=int(min(remaining, 5.0) * 1000),
                     request_timeout_ms=5000)
                 cluster = admin.describe_cluster()
-                if any(b["node_id"] == NODE_ID for b in cluster.get("brokers", [])):
+                if any(b.get("broker_id") == NODE_ID and not b.get("is_fenced")
+                       for b in cluster.get("brokers", [])):
                     admin.list_topics()
                     return
                 last_error = RuntimeError(f"broker not registered yet: {cluster}")

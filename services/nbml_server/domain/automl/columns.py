@@ -13,12 +13,9 @@ import pandas as pd
 
 from nbml_server.errors import FieldViolation, InvalidArgument
 
-NUMERIC = "numeric"
-CATEGORICAL = "categorical"
-BOOLEAN = "boolean"
-DATETIME = "datetime"
-TEXT = "text"
-COLUMN_TYPES = (NUMERIC, CATEGORICAL, BOOLEAN, DATETIME, TEXT)
+# One inference for the profile users see and the pipelines the search builds.
+from nbml_server.domain.datasets.profiling import (BOOLEAN, COLUMN_TYPES,  # noqa: E402
+                                                   DATETIME, NUMERIC, infer_column_type)
 
 BOOL_TRUE = frozenset({"true", "t", "yes", "y"})
 BOOL_FALSE = frozenset({"false", "f", "no", "n"})
@@ -30,9 +27,6 @@ _DATE_LIKE = re.compile(
     r"([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2}|UTC)?\s*$")
 
 # Inference thresholds.
-_INFER_SAMPLE = 2000
-_TEXT_MIN_UNIQUE_RATIO = 0.5
-_TEXT_MIN_MEAN_LENGTH = 30
 
 
 # --------------------------------------------------------------------------- labels
@@ -152,45 +146,6 @@ def coerce_column(series: pd.Series, column_type: str) -> pd.Series:
 
 
 # ------------------------------------------------------------------------ inference
-
-def infer_column_type(series: pd.Series) -> str:
-    """A simple guess: numeric dtype -> numeric; bool dtype or true/false words ->
-    boolean; strings that parse as numbers -> numeric, as dates -> datetime; many
-    distinct long strings -> text; everything else categorical."""
-    dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return BOOLEAN
-    if pd.api.types.is_numeric_dtype(dtype):
-        return NUMERIC
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        return DATETIME
-    present = series.dropna()
-    if present.empty:
-        return CATEGORICAL
-    if not all(isinstance(v, str) for v in present.iloc[:_INFER_SAMPLE]):
-        # Mixed Python objects: go by what most of them are.
-        kinds = {type(v) for v in present.iloc[:_INFER_SAMPLE]}
-        if kinds <= {bool, np.bool_}:
-            return BOOLEAN
-        if kinds <= {int, float, bool, np.integer, np.floating}:
-            return NUMERIC
-    texts = present.astype(str).str.strip()
-    sample = texts.iloc[:_INFER_SAMPLE]
-    lowered = set(sample.str.lower().unique())
-    if lowered and lowered <= (BOOL_TRUE | BOOL_FALSE) and len(lowered) <= 2:
-        return BOOLEAN
-    if pd.to_numeric(sample, errors="coerce").notna().all():
-        return NUMERIC
-    date_like = sample.str.match(_DATE_LIKE)
-    if date_like.mean() >= 0.9:
-        parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
-        if parsed.notna().mean() >= 0.9:
-            return DATETIME
-    unique_ratio = texts.nunique() / len(texts)
-    if unique_ratio > _TEXT_MIN_UNIQUE_RATIO and sample.str.len().mean() >= _TEXT_MIN_MEAN_LENGTH:
-        return TEXT
-    return CATEGORICAL
-
 
 def resolve_column_types(frame: pd.DataFrame, given: Mapping[str, str] | None,
                          columns: list[str]) -> dict[str, str]:

@@ -22,7 +22,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from .columns import BOOLEAN, CATEGORICAL, DATETIME, NUMERIC, TEXT
+from nbml_server.domain.datasets.profiling import BOOLEAN, CATEGORICAL, DATETIME, NUMERIC, TEXT
 from .transformers import DatePartsTransformer, TextStatsTransformer
 
 SCALED = "scaled"
