@@ -25,6 +25,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -257,6 +258,10 @@ class KafkaBroker:
                 raise TimeoutError(
                     f"Kafka on {self.bootstrap} was not ready within {self.start_timeout:.0f} s "
                     f"(last error: {last_error!r}); log tail:\n{self._log_tail()}")
+            if not _accepts(self.port):
+                last_error = ConnectionRefusedError(f"nothing listens on {self.bootstrap} yet")
+                time.sleep(0.1)
+                continue
             admin = None
             try:
                 admin = KafkaAdminClient(
@@ -284,6 +289,14 @@ class KafkaBroker:
                 if text:
                     tails.append(f"--- {path}\n" + "\n".join(text))
         return "\n".join(tails) or "(no log)"
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
 
 
 def _random_cluster_id() -> str:

@@ -4,6 +4,7 @@ the caller's request history.
 Handlers read the authenticated caller with `current_caller()`.
 """
 
+import contextlib
 import contextvars
 import logging
 import time
@@ -124,35 +125,37 @@ class PlatformInterceptor(grpc.ServerInterceptor):
         if not public:
             call.caller = self.authenticator.authenticate(metadata)
 
+    @contextlib.contextmanager
+    def _guarded(self, call: _Call, context):
+        """Maps what the handler raised to a status, and records the call either way."""
+        try:
+            yield
+        except errors.DomainError as error:
+            status = to_status(error, call.request_id)
+            log.info("%s %s -> %s %s (%s)", call.request_id, call.method, status.code.name,
+                     error.reason, error.message)
+            context.abort_with_status(status)
+        except Exception:
+            # context.abort() in a handler raises a bare Exception on purpose: keep its status.
+            if context.code() not in (None, grpc.StatusCode.OK):
+                raise
+            log.exception("%s %s failed", call.request_id, call.method)
+            context.abort_with_status(internal_status(call.request_id))
+        finally:
+            self._record(call, context)
+
     def _unary(self, behaviour: Callable, method, metadata, request_id, public):
         def wrapper(request, context):
             call = _Call(method, request_id)
-            code = grpc.StatusCode.OK
-            try:
+            with self._guarded(call, context):
                 self._begin(call, request, context, metadata, public)
-                token = _current_caller.set(call.caller)
-                try:
-                    return behaviour(request, context)
-                finally:
-                    _current_caller.reset(token)
-            except errors.DomainError as error:
-                code = self._abort_domain(context, error, call)
-            except Exception:
-                code = self._abort_internal(context, call)
-            finally:
-                self._record(call, code, context)
+                return self._as_caller(call.caller, lambda: behaviour(request, context))
         return wrapper
-
-    @staticmethod
-    def _aborted(context) -> bool:
-        """A handler that called context.abort() raised a bare Exception on purpose."""
-        return context.code() not in (None, grpc.StatusCode.OK)
 
     def _streaming(self, behaviour: Callable, method, metadata, request_id, public):
         def wrapper(request, context):
             call = _Call(method, request_id)
-            code = grpc.StatusCode.OK
-            try:
+            with self._guarded(call, context):
                 self._begin(call, request, context, metadata, public)
                 responses = self._as_caller(call.caller, lambda: behaviour(request, context))
                 while True:
@@ -161,12 +164,6 @@ class PlatformInterceptor(grpc.ServerInterceptor):
                     except StopIteration:
                         return
                     yield item
-            except errors.DomainError as error:
-                code = self._abort_domain(context, error, call)
-            except Exception:
-                code = self._abort_internal(context, call)
-            finally:
-                self._record(call, code, context)
         return wrapper
 
     @staticmethod
@@ -178,28 +175,10 @@ class PlatformInterceptor(grpc.ServerInterceptor):
         finally:
             _current_caller.reset(token)
 
-    # -- endings ----------------------------------------------------------------------
-
-    @staticmethod
-    def _abort_domain(context, error: errors.DomainError, call: _Call) -> grpc.StatusCode:
-        status = to_status(error, call.request_id)
-        log.info("%s %s -> %s %s (%s)", call.request_id, call.method, status.code.name,
-                 error.reason, error.message)
-        context.abort_with_status(status)  # raises; the caller's finally records it
-        return status.code  # pragma: no cover
-
-    def _abort_internal(self, context, call: _Call) -> grpc.StatusCode:
-        if self._aborted(context):
-            raise  # keep the status the handler chose
-        log.exception("%s %s failed", call.request_id, call.method)
-        context.abort_with_status(internal_status(call.request_id))
-        return grpc.StatusCode.INTERNAL  # pragma: no cover
-
-    def _record(self, call: _Call, code: grpc.StatusCode, context) -> None:
+    def _record(self, call: _Call, context) -> None:
         if call.caller is None:
             return
-        if context.code() is not None:
-            code = context.code()
+        code = context.code() or grpc.StatusCode.OK
         try:
             self.accounts.record_activity(call.caller.user_id, Activity(
                 method=call.method, resource=call.resource, status=code.name,
