@@ -82,6 +82,8 @@ background.threads=4
 LOG4J2_PROPERTIES = """\
 # Written by deploy/local_cluster/kafka.py.
 status = warn
+# Kafka logs its own shutdown from a JVM shutdown hook: keep logging until exit.
+shutdownHook = disable
 appender.file.type = RollingFile
 appender.file.name = file
 appender.file.fileName = {log}
