@@ -159,7 +159,7 @@ class GcsEmulator:
                     f"{self.start_timeout:.0f} s (last error: {last_error!r}); "
                     f"log tail:\n{self._log_tail()}")
             try:
-                with opener.open(url, timeout=min(remaining, 2.0)) as response:
+                with opener.open(url, timeout=min(remaining, 1.0)) as response:
                     body = json.loads(response.read() or b"{}")
                     if response.status == 200 and body.get("kind") == "storage#buckets":
                         return

@@ -41,7 +41,8 @@ LOG4J_VERSION = "2.25.5"
 COORDINATES = [f"org.apache.kafka:kafka_{SCALA_VERSION}:{KAFKA_VERSION}",
                f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}"]
 NODE_ID = 1
-HEAP = "512m"
+HEAP = "512m"  # -Xmx; the JVM starts smaller (-Xms) and grows as needed
+INITIAL_HEAP = "128m"
 
 SERVER_PROPERTIES = """\
 # Written by deploy/local_cluster/kafka.py on every start; edits are overwritten.
@@ -141,10 +142,16 @@ class KafkaBroker:
     def start(self) -> "KafkaBroker":
         if self.running:
             return self
+        self.stop()  # the remains of a broker that exited by itself
         lib = self._install()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         self._choose_ports()
+        for port in (self.port, self.controller_port):
+            if not _bindable(port):
+                raise RuntimeError(
+                    f"port {port} of the Kafka broker in {self.data_dir} is taken by another "
+                    f"process (ports are kept in {self.data_dir / 'ports.json'})")
         properties = self._write_config()
         if not self._formatted():
             self._format(lib, properties)
@@ -239,7 +246,10 @@ class KafkaBroker:
                                f"(exit {result.returncode}):\n{result.stdout}{result.stderr}")
 
     def _java(self, lib: pathlib.Path, main: str, *args: str) -> list[str]:
-        return ["java", f"-Xmx{HEAP}", f"-Xms{HEAP}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        # C1 only (TieredStopAtLevel=1): faster start and less CPU on a small machine
+        # shared with the other servers; a local broker's load is light.
+        return ["java", f"-Xmx{HEAP}", f"-Xms{INITIAL_HEAP}", "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20", "-XX:TieredStopAtLevel=1",
                 "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
                 f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
@@ -291,6 +301,18 @@ class KafkaBroker:
                 if text:
                     tails.append(f"--- {path}\n" + "\n".join(text))
         return "\n".join(tails) or "(no log)"
+
+
+def _bindable(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port (connections in TIME_WAIT from an earlier run
+    do not count: the JVM binds with SO_REUSEADDR too)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _accepts(port: int) -> bool:

@@ -1,7 +1,10 @@
 """Contract tests for the BlobStore port, run against every adapter."""
 
+import hashlib
+import io
 import os
 import threading
+import tracemalloc
 
 import pytest
 
@@ -10,20 +13,31 @@ from nbml_server.adapters.local_blob_store import LocalBlobStore
 from nbml_server.ports.blob_store import BlobNotFound
 
 
-def _local(tmp_path):
+def _local(tmp_path, request):
     return LocalBlobStore(tmp_path / "blobs")
 
 
-# One factory per adapter: `factory(tmp_path)` opens an empty store (the same one again
-# for the same tmp_path). Distributed adapters (GCS) join this list when their servers
-# are available, e.g. as a param skipped unless a test bucket is configured, with a
-# fresh key prefix per tmp_path.
-FACTORIES = [pytest.param(_local, id="local")]
+def _gcs(tmp_path, request):
+    """A bucket on the session's GCS emulator, under a key prefix of its own per
+    tmp_path (so each test starts empty, and the same tmp_path opens the same store)."""
+    from nbml_server.adapters.gcs_blob_store import GcsBlobStore
+
+    emulator = request.getfixturevalue("gcs_emulator")
+    prefix = "contract/" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
+    # A 1 MiB chunk (the default is 8 MiB) makes the streaming tests cross many chunks.
+    return GcsBlobStore("nbml-contract", prefix=prefix, emulator_host=emulator.emulator_host,
+                        chunk_size=1 << 20)
+
+
+# One factory per adapter: `factory(tmp_path, request)` opens an empty store (the same
+# one again for the same tmp_path). Distributed adapters use a fresh key prefix per
+# tmp_path in a bucket on a server the session starts (see tests/conftest.py).
+FACTORIES = [pytest.param(_local, id="local"), pytest.param(_gcs, id="gcs")]
 
 
 @pytest.fixture(params=FACTORIES)
 def store(request, tmp_path):
-    store = request.param(tmp_path)
+    store = request.param(tmp_path, request)
     yield store
     store.close()
 
@@ -184,6 +198,157 @@ def test_readers_never_see_a_partial_blob(store):
         reader.join()
     assert not bad, f"partial reads of sizes {bad[:5]}"
     assert seen
+
+
+# Streams: put_stream / open_read pass blobs larger than memory in chunks.
+
+STREAM_SIZE = 20 << 20
+
+
+class _Trickle(io.RawIOBase):
+    """A non-seekable stream of `size` deterministic bytes that returns short reads, as
+    a socket or pipe does, without ever holding them all."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self._left, self._counter, self._seed = size, 0, seed
+        self._pending = b""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if not self._pending and self._left:
+            block = hashlib.sha256(f"{self._seed}:{self._counter}".encode()).digest() * 2048
+            self._counter += 1
+            self._pending = block[:self._left]
+            self._left -= len(self._pending)
+        # At most 100 000 bytes per read, never a multiple of 256 KiB.
+        n = min(len(buffer), len(self._pending), 100_000)
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def _digest_of_trickle(size: int, seed: int = 0) -> str:
+    stream, digest = _Trickle(size, seed), hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_in_chunks(reader, sizes=(1 << 20, 12345, 3 << 20, 1)) -> tuple[str, int]:
+    digest, total, n = hashlib.sha256(), 0, 0
+    while True:
+        chunk = reader.read(sizes[n % len(sizes)])
+        n += 1
+        if not chunk:
+            return digest.hexdigest(), total
+        digest.update(chunk)
+        total += len(chunk)
+
+
+def test_put_stream_and_open_read_round_trip(store):
+    key = "users/u1/datasets/d1/data.parquet"
+    store.put_stream(key, _Trickle(STREAM_SIZE))
+    with store.open_read(key) as reader:
+        digest, size = _read_in_chunks(reader)
+    assert size == STREAM_SIZE
+    assert digest == _digest_of_trickle(STREAM_SIZE)
+    assert store.exists(key)
+    assert store.list("users/u1/") == [key]
+
+
+def test_streams_keep_memory_bounded(store):
+    """Python allocations while a 20 MiB blob goes in and out stay far below its size
+    (the contract factories use chunks of at most 1 MiB)."""
+    key = "users/u1/big"
+    store.exists(key)  # connect before measuring
+    tracemalloc.start()
+    try:
+        store.put_stream(key, _Trickle(STREAM_SIZE, seed=1))
+        up = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        with store.open_read(key) as reader:
+            digest, size = _read_in_chunks(reader, sizes=(256 << 10,))
+        down = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (size, digest) == (STREAM_SIZE, _digest_of_trickle(STREAM_SIZE, seed=1))
+    assert up < STREAM_SIZE / 2, f"put_stream peaked at {up >> 20} MiB"
+    assert down < STREAM_SIZE / 2, f"open_read peaked at {down >> 20} MiB"
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20])
+def test_put_stream_sizes_around_chunks(store, size):
+    data = os.urandom(size)
+    store.put_stream("users/u1/a", io.BytesIO(data))
+    assert store.get("users/u1/a") == data
+    with store.open_read("users/u1/a") as reader:
+        assert reader.read() == data
+        assert reader.read() == b""
+
+
+def test_put_stream_replaces_and_put_reads_back_by_stream(store):
+    store.put("users/u1/a", b"old")
+    store.put_stream("users/u1/a", io.BytesIO(b"new"))
+    assert store.get("users/u1/a") == b"new"
+    with store.open_read("users/u1/a") as reader:
+        assert reader.read(2) == b"ne"
+        assert reader.read(10) == b"w"
+        assert reader.read(10) == b""
+
+
+def test_open_read_missing_raises_blob_not_found(store):
+    with pytest.raises(BlobNotFound):
+        store.open_read("users/u1/missing")
+
+
+@pytest.mark.parametrize("key", ["", "/users/u1/a", "users/../a", "users//a"])
+def test_streams_reject_bad_keys(store, key):
+    with pytest.raises(ValueError):
+        store.put_stream(key, io.BytesIO(b"x"))
+    with pytest.raises(ValueError):
+        store.open_read(key)
+
+
+def test_open_read_never_mixes_versions(store):
+    """A put racing with an open reader: the reader goes on with the version it opened,
+    or (object stores, whose old version is gone) raises BlobNotFound; never a mix."""
+    key = "users/u1/big"
+    old, new = b"o" * (3 << 20), b"n" * (3 << 20)
+    store.put(key, old)
+    with store.open_read(key) as reader:
+        first = reader.read(1 << 20)
+        store.put(key, new)
+        try:
+            data = first + reader.read()
+        except BlobNotFound:
+            data = None
+    assert data is None or data == old
+    assert store.get(key) == new
+
+
+def test_a_failed_put_stream_keeps_the_old_blob(store):
+    class Broken(io.RawIOBase):
+        def __init__(self):
+            self.sent = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            if self.sent >= 5 << 20:
+                raise OSError("source went away")
+            n = min(len(buffer), 64 << 10)
+            buffer[:n] = b"x" * n
+            self.sent += n
+            return n
+
+    store.put("users/u1/a", b"old")
+    with pytest.raises(OSError, match="source went away"):
+        store.put_stream("users/u1/a", Broken())
+    assert store.get("users/u1/a") == b"old"
+    assert store.list("users/u1/") == ["users/u1/a"]
 
 
 # Local adapter specifics.

@@ -1,10 +1,13 @@
 """Contract tests for the TableStore port, run against every adapter."""
 
+import importlib.util
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,17 +17,60 @@ from nbml_server.adapters.sqlite_table_store import SqliteTableStore
 from nbml_server.ports.table_store import TABLES
 
 
-def _sqlite(tmp_path):
+def _sqlite(request, tmp_path):
     return SqliteTableStore(tmp_path / "store.db")
 
 
-# One factory per adapter: `factory(tmp_path)` opens a store; calling it again with the
-# same tmp_path opens the same data. Distributed adapters (Cassandra) join this list
-# when their servers are available, e.g. as a param skipped unless NBML_TEST_CASSANDRA
-# is set, with a fresh keyspace per tmp_path.
-FACTORIES = [pytest.param(_sqlite, id="sqlite")]
+def _cassandra(request, tmp_path):
+    from nbml_server.adapters.cassandra_table_store import from_uri
+
+    return from_uri(request.getfixturevalue("cassandra_uri"))
+
+
+# A real Cassandra node (deploy/local_cluster/cassandra.py) needs Java and Maven, and
+# the adapter the driver (the "cluster" extra).
+_NO_CASSANDRA = (shutil.which("java") is None or shutil.which("mvn") is None
+                 or importlib.util.find_spec("cassandra") is None)
+
+# One factory per adapter: `factory(request, tmp_path)` opens a store; calling it again
+# in the same test opens the same data. Each test starts from an empty store: SQLite
+# gets a new file per tmp_path; Cassandra shares one keyspace per module (creating its
+# tables takes seconds) and empties the tables a test wrote to after it.
+FACTORIES = [
+    pytest.param(_sqlite, id="sqlite"),
+    pytest.param(_cassandra, id="cassandra",
+                 marks=pytest.mark.skipif(_NO_CASSANDRA,
+                                          reason="needs java, mvn and cassandra-driver")),
+]
 
 T = "jobs_by_user"  # any declared table
+
+
+@pytest.fixture(scope="module")
+def cassandra_keyspace(cassandra_node):
+    """A keyspace of this module, with its tables: (uri, a driver session on it)."""
+    from cassandra.cluster import Cluster
+
+    from nbml_server.adapters.cassandra_table_store import from_uri
+
+    uri = cassandra_node.uri(f"contract_{uuid.uuid4().hex[:12]}")
+    from_uri(uri).close()  # runs the migrations once
+    cluster = Cluster(["127.0.0.1"], port=cassandra_node.native_port)
+    try:
+        yield uri, cluster.connect()
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture
+def cassandra_uri(cassandra_keyspace):
+    """The module's keyspace; emptied after the test."""
+    uri, session = cassandra_keyspace
+    yield uri
+    keyspace = uri.rsplit("/", 1)[1]
+    for table in TABLES:
+        if session.execute(f'SELECT key FROM "{keyspace}"."{table}" LIMIT 1').one():
+            session.execute(f'TRUNCATE "{keyspace}"."{table}"', timeout=60)
 
 
 @pytest.fixture(params=FACTORIES)
@@ -32,7 +78,7 @@ def factory(request, tmp_path):
     opened = []
 
     def open_store():
-        store = request.param(tmp_path)
+        store = request.param(request, tmp_path)
         opened.append(store)
         return store
 

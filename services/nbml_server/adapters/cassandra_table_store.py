@@ -42,8 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from cassandra import (ConsistencyLevel, CoordinationFailure, DriverException,
-                       OperationTimedOut, ReadTimeout, WriteTimeout)
+from cassandra import (ConsistencyLevel, CoordinationFailure, OperationTimedOut, ReadTimeout,
+                       WriteTimeout)
 from cassandra import Unavailable as CassandraUnavailable
 from cassandra.cluster import (EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile,
                                NoHostAvailable)
@@ -226,12 +226,6 @@ class CassandraTableStore(TableStore):
         except _UNREACHABLE as error:
             raise Unavailable(f"Cassandra at {self._where()} is unavailable: "
                               f"{_describe(error)}") from error
-        except DriverException as error:
-            # The driver reports a shut-down or reconnecting cluster this way.
-            if "shutdown" in str(error).lower() or "not connected" in str(error).lower():
-                raise Unavailable(f"Cassandra at {self._where()} is unavailable: "
-                                  f"{_describe(error)}") from error
-            raise
 
     def _where(self) -> str:
         return ",".join(f"{h}:{p}" for h, p in self.settings.contact_points)
@@ -247,11 +241,16 @@ class CassandraTableStore(TableStore):
 
     def _migrate(self) -> None:
         ks = self.keyspace
-        self._ddl(f'CREATE KEYSPACE IF NOT EXISTS "{ks}" WITH replication = '
-                  "{'class': 'SimpleStrategy', 'replication_factor': "
-                  f"{self.settings.replication_factor}}}")
-        self._ddl(f'CREATE TABLE IF NOT EXISTS "{ks}".schema_migrations ('
-                  " version int PRIMARY KEY, description text, applied_at timestamp)")
+        # The driver read the schema when it connected: skip what exists (a user without
+        # CREATE permission can then still open an existing keyspace).
+        known = self._cluster.metadata.keyspaces.get(ks)
+        if known is None:
+            self._ddl(f'CREATE KEYSPACE IF NOT EXISTS "{ks}" WITH replication = '
+                      "{'class': 'SimpleStrategy', 'replication_factor': "
+                      f"{self.settings.replication_factor}}}")
+        if known is None or "schema_migrations" not in known.tables:
+            self._ddl(f'CREATE TABLE IF NOT EXISTS "{ks}".schema_migrations ('
+                      " version int PRIMARY KEY, description text, applied_at timestamp)")
         done = {row.version for row in self._call(
             self._session.execute,
             SimpleStatement(f'SELECT version FROM "{ks}".schema_migrations',
@@ -355,7 +354,9 @@ _CQL = {
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, NoHostAvailable) and error.errors:
+    if isinstance(error, NoHostAvailable):
+        if not error.errors:
+            return "no node is up (the driver keeps trying to reconnect)"
         reasons = "; ".join(f"{host}: {reason}" for host, reason in error.errors.items())
         return f"no node answered ({reasons})"
     return f"{type(error).__name__}: {error}"

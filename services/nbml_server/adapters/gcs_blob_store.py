@@ -13,14 +13,17 @@ URI: `gs://bucket[/prefix]?project=...&create_bucket=true&retry_deadline=10`
 Atomicity comes from GCS itself: an object (a "generation") becomes visible only when
 its upload completes, so readers see the old bytes, the new ones or none. `put` of up
 to 8 MiB is one multipart request; larger blobs and `put_stream` use a resumable upload
-in chunks of `chunk_size` (8 MiB), so only about one chunk is in memory at a time.
+in chunks of `chunk_size` (8 MiB), and `put_stream`/`open_read` hold only a few chunks
+(about 3 x chunk_size) in memory whatever the blob's size.
 `open_read` pins the generation it found and reads ranges of it: it never mixes two
 versions, and if that generation is replaced or deleted while being read, the next
 read raises BlobNotFound.
 
-Every request has a connect/read timeout and transient failures (connection refused,
-time-outs, HTTP 429/5xx) are retried for at most `retry_deadline` seconds; then the store
-raises nbml_server.errors.Unavailable.
+Every request has a connect timeout (5 s) and a read timeout (`timeout`, 20 s), and
+transient failures (connection refused, time-outs, HTTP 429/5xx) are retried for at most
+`retry_deadline` seconds (10 s); then the store raises nbml_server.errors.Unavailable. So
+a stopped server fails a call in about `retry_deadline` seconds, a hung one in at most
+about `timeout` + `retry_deadline`.
 """
 
 import base64
@@ -85,7 +88,7 @@ class GcsBlobStore(BlobStore):
     def __init__(self, bucket: str, *, prefix: str = "", project: str | None = None,
                  emulator_host: str | None = None, create_bucket: bool | None = None,
                  credentials=None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 timeout: float = 60.0, connect_timeout: float = 5.0,
+                 timeout: float = 20.0, connect_timeout: float = 5.0,
                  retry_deadline: float = 10.0):
         if not _BUCKET_NAME.fullmatch(bucket or ""):
             raise ValueError(f"invalid GCS bucket name {bucket!r}")
@@ -140,10 +143,15 @@ class GcsBlobStore(BlobStore):
             self.put(key, head)
             return
         source = _ChunkSource(stream, head)
-        with self._calls(f"put {key}"), self._bucket_must_exist():
-            # size=None: a resumable upload that learns the size at the stream's end.
-            blob.upload_from_file(source, size=None, content_type=_CONTENT_TYPE,
-                                  timeout=self._timeout, retry=self._retry)
+        del head  # the source owns it, and lets it go after the first chunk
+        try:
+            with self._calls(f"put {key}"), self._bucket_must_exist():
+                # size=None: a resumable upload that learns the size at the stream's end.
+                blob.upload_from_file(source, size=None, content_type=_CONTENT_TYPE,
+                                      timeout=self._timeout, retry=self._retry)
+        except _SourceFailed as failed:
+            # The caller's stream failed, not storage: its own error, not Unavailable.
+            raise failed.error from None
 
     def get(self, key: str) -> bytes:
         blob = self._blob(key)
@@ -154,6 +162,9 @@ class GcsBlobStore(BlobStore):
                 raise BlobNotFound(key) from None
 
     def open_read(self, key: str) -> BinaryIO:
+        """A buffered, seekable reader of the generation found now (one request per
+        `chunk_size` bytes); the caller closes it. Like any buffered file, a read that
+        fails (Unavailable) drops what was buffered: seek back to go on."""
         blob = self._blob(key)
         with self._calls(f"open {key}"):
             try:
@@ -271,6 +282,13 @@ class _RangeReader(io.RawIOBase):
         self._pos = position
         return position
 
+    def readall(self) -> bytes:
+        # io.RawIOBase.readall reads 8 KiB at a time: one request each.
+        parts = []
+        while chunk := self.read(self._store._chunk_size):
+            parts.append(chunk)
+        return b"".join(parts)
+
     def readinto(self, buffer) -> int:
         wanted = min(len(buffer), self._size - self._pos, self._store._chunk_size)
         if wanted <= 0:
@@ -294,6 +312,14 @@ class _RangeReader(io.RawIOBase):
                 if base64.b64encode(self._crc.digest()).decode() != self._expected_crc:
                     raise OSError(f"CRC32C mismatch reading blob {self._key}")
         return len(data)
+
+
+class _SourceFailed(Exception):
+    """Reading the caller's stream failed (carries that error through the upload)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
 
 
 class _ChunkSource(io.RawIOBase):
@@ -335,7 +361,12 @@ class _ChunkSource(io.RawIOBase):
         offset = self._pos - self._window_start
         kept = self._window[offset:offset + size]
         if len(kept) < size:
-            data = kept + _read_full(self._stream, size - len(kept))
+            self._window = b""  # let the previous chunk go before reading the next
+            try:
+                more = _read_full(self._stream, size - len(kept))
+            except Exception as error:
+                raise _SourceFailed(error) from error
+            data = kept + more
             self._window, self._window_start = data, self._pos
         else:
             data = kept
