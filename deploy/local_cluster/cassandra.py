@@ -263,7 +263,8 @@ class CassandraNode:
         command = [
             "java",
             f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Xss256k",
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=300", "-XX:+ExitOnOutOfMemoryError", "-XX:+PerfDisableSharedMem",
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=300", "-XX:+ExitOnOutOfMemoryError",
+            "-XX:+PerfDisableSharedMem",
             "-Djava.net.preferIPv4Stack=true",
             f"-javaagent:{jamm}",
             *JDK17_MODULE_FLAGS,

@@ -14,9 +14,14 @@ The storage is formatted (`kafka.tools.StorageTool format`) only on the first st
 so messages and committed offsets survive `stop()`/`start()`, and the ports are kept
 in `ports.json` so a later broker on the same folder listens where clients expect it.
 
-`start()` returns once a Kafka client (kafka-python's admin client) gets cluster
-metadata naming this broker; `stop()` sends SIGTERM (a controlled shutdown) and kills
-the JVM if it has not exited in time.
+`start()` installs Kafka on first use (`maven_classpath`: kafka_2.13 and its runtime
+dependencies, plus the SLF4J binding of log4j) and returns once a Kafka client
+(kafka-python's admin client) gets cluster metadata listing this broker, unfenced;
+it fails with the log tail if the JVM exits or is not ready in `start_timeout`.
+`stop()` sends SIGTERM (a controlled shutdown) and kills the JVM if it has not exited
+in `stop_timeout`; `restart()` is both, on the same folder and ports; `kill()` is a
+crash. On Linux the JVM also gets SIGTERM when the process that started it dies.
+About 4-6 s to start on 2 cores, under a second to stop.
 """
 
 import base64

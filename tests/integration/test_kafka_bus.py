@@ -193,6 +193,23 @@ def test_uncommitted_messages_go_to_another_member_when_the_first_closes(
     second.close()
 
 
+def test_a_member_busy_longer_than_the_session_timeout_keeps_its_message(
+        open_bus, topic, group):
+    """A worker runs a job for minutes between two polls: heartbeats (a background
+    thread) keep it in the group, so its commit counts and nobody else gets the job."""
+    bus = open_bus("partitions=2&session_timeout_ms=1500")
+    bus.publish(topic, "job", b"long job")
+    worker = bus.subscribe(topic, group)
+    [job] = poll_n(worker, 1)
+    time.sleep(4.5)  # three session timeouts without polling
+    worker.commit(job)
+    worker.close()
+    after = bus.subscribe(topic, group)
+    bus.publish(topic, "job", b"next job")  # same key: behind the first in its partition
+    assert [m.value for m in poll_n(after, 1)] == [b"next job"]  # the commit counted
+    after.close()
+
+
 _KILLED_WORKER = """
 import sys, time
 from nbml_server.adapters.kafka_event_bus import from_uri
@@ -263,3 +280,17 @@ def test_broker_down_fails_fast_and_the_bus_recovers_after_restart(
     assert sorted(m.value for m in poll_n(again, 2)) == [b"after", b"before"]
     again.close()
 
+
+
+def test_a_broker_whose_port_is_taken_says_so(tmp_path):
+    import socket
+
+    from deploy.local_cluster.kafka import KafkaBroker
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        broker = KafkaBroker(tmp_path / "kafka", port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="taken by another process"):
+            broker.start()
+    assert not broker.running
