@@ -18,21 +18,35 @@ from nbml_server.ports.event_bus import TRAINING_JOBS_TOPIC
 
 log = logging.getLogger("nbml.evaluator")
 CONSUMER_GROUP = "evaluators"
+RETRY_SECONDS = 2.0
 
 
 def evaluate_completed_jobs(platform: Platform, models: ModelRegistry,
                             evaluations: Evaluations) -> None:
-    subscription = platform.bus.subscribe(TRAINING_JOBS_TOPIC, CONSUMER_GROUP)
     while True:
-        for message in subscription.poll(timeout_seconds=1.0):
-            event = decode(message.value)
-            if event.WhichOneof("kind") == "completed":
-                for name in event.completed.models:
-                    try:
-                        evaluations.of(models.get(event.user_id, name.removeprefix("models/")))
-                    except Exception:
-                        log.exception("could not evaluate %s ahead of time", name)
-            subscription.commit(message)
+        try:
+            subscription = platform.bus.subscribe(TRAINING_JOBS_TOPIC, CONSUMER_GROUP)
+            try:
+                while True:
+                    for message in subscription.poll(timeout_seconds=1.0):
+                        evaluate_models_of(decode(message.value), models, evaluations)
+                        subscription.commit(message)
+            finally:
+                subscription.close()
+        except Exception:
+            # The bus is down: leaderboard requests still evaluate on demand.
+            log.warning("job events unavailable; retrying", exc_info=True)
+            threading.Event().wait(RETRY_SECONDS)
+
+
+def evaluate_models_of(event, models: ModelRegistry, evaluations: Evaluations) -> None:
+    if event.WhichOneof("kind") != "completed":
+        return
+    for name in event.completed.models:
+        try:
+            evaluations.of(models.get(event.user_id, name.removeprefix("models/")))
+        except Exception:
+            log.exception("could not evaluate %s ahead of time", name)
 
 
 def build(platform: Platform):

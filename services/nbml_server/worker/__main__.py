@@ -14,6 +14,7 @@ import threading
 
 from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.jobs import Jobs
+from nbml_server.errors import Unavailable
 from nbml_server.domain.model_registry import ModelRegistry
 from nbml_server.platform.events import JobEventPublisher, decode
 from nbml_server.platform.server import configure_logging, open_platform, stop_on_signals
@@ -23,6 +24,7 @@ from nbml_server.worker.runner import JobRunner
 
 log = logging.getLogger("nbml.worker")
 CONSUMER_GROUP = "trainer-workers"
+RETRY_SECONDS = 2.0
 
 
 def main() -> None:
@@ -35,16 +37,30 @@ def main() -> None:
                        worker_name=f"{socket.gethostname()}:{os.getpid()}")
     stopping = threading.Event()
     stop_on_signals(stopping.set)
-    subscription = platform.bus.subscribe(TRAINING_JOBS_TOPIC, CONSUMER_GROUP)
     print("LISTENING worker bus", flush=True)
     try:
         while not stopping.is_set():
+            try:
+                consume(runner, platform.bus, stopping)
+            except Unavailable as error:
+                # Kafka or the store is down: nothing was committed, so subscribing
+                # again later gets the same event back.
+                log.warning("backend unavailable (%s); retrying in %s s", error.message,
+                            RETRY_SECONDS)
+                stopping.wait(RETRY_SECONDS)
+    finally:
+        platform.close()
+
+
+def consume(runner: JobRunner, bus, stopping: threading.Event) -> None:
+    subscription = bus.subscribe(TRAINING_JOBS_TOPIC, CONSUMER_GROUP)
+    try:
+        while not stopping.is_set():
             for message in subscription.poll(timeout_seconds=0.5):
-                handle(runner, platform.bus, message)
+                handle(runner, bus, message)
                 subscription.commit(message)
     finally:
         subscription.close()
-        platform.close()
 
 
 def handle(runner: JobRunner, bus, message) -> None:
@@ -54,6 +70,8 @@ def handle(runner: JobRunner, bus, message) -> None:
     job_id = event.training_job.removeprefix("trainingJobs/")
     try:
         runner.run(job_id)
+    except Unavailable:
+        raise
     except Exception as error:
         log.exception("job %s: moving its event to the dead-letter topic", job_id)
         letter = {"reason": f"{type(error).__name__}: {error}", "topic": message.topic,

@@ -12,7 +12,7 @@ from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.datasets import write_canonical
 from nbml_server.domain.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, Jobs
 from nbml_server.domain.model_registry import ModelRegistry, holdout_key
-from nbml_server.errors import DomainError
+from nbml_server.errors import DomainError, Unavailable
 from nbml_server.ids import new_id
 from nbml_server.platform.events import JobEventPublisher
 
@@ -44,6 +44,8 @@ class JobRunner:
         self.events.progressed(job)
         try:
             self._search_and_store(job)
+        except Unavailable:
+            raise  # a backend hiccup is not the job's fault: it is delivered again
         except DomainError as error:
             self._fail(job_id, error.message)
         except Exception as error:
