@@ -4,6 +4,7 @@ data where each system's own client sees it, and the faults it must survive."""
 import json
 import os
 import signal
+import time
 
 import pandas as pd
 import pytest
@@ -55,6 +56,19 @@ def cancer_csv(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "cancer.csv"
     frame.to_csv(path, index=False)
     return path
+
+
+def eventually(call, timeout: float = 90.0):
+    """`call()` once it stops answering UNAVAILABLE: a backend that came back is found
+    again by every service within seconds, not necessarily at the first request."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except NbmlError as error:
+            if error.code != "UNAVAILABLE" or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 def job_events(kafka_broker, job_id: str) -> list[str]:
@@ -131,7 +145,8 @@ def test_cassandra_down_means_unavailable_then_recovers(platform, erin, cassandr
         assert caught.value.code == "UNAVAILABLE"
     finally:
         cassandra_node.start()
-    assert {d.name for d in erin.datasets()} == before
+    assert {d.name for d in eventually(erin.datasets)} == before
+    assert eventually(erin.jobs)  # every service is back, not only the first one asked
 
 
 def test_kafka_down_means_unavailable_then_recovers(platform, erin, cancer_csv, kafka_broker):
@@ -145,5 +160,6 @@ def test_kafka_down_means_unavailable_then_recovers(platform, erin, cancer_csv, 
         assert len(erin.jobs()) == jobs_before  # nothing half-written
     finally:
         kafka_broker.start()
-    job = erin.wait_for_job(erin.train(dataset.name, "target", budget_seconds=5).name)
+    job = erin.wait_for_job(eventually(
+        lambda: erin.train(dataset.name, "target", budget_seconds=5)).name)
     assert job.state == SUCCEEDED

@@ -38,6 +38,7 @@ back. The store is safe to share between threads.
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -177,6 +178,10 @@ def _stored_partition(partition: str) -> str:
     return "\x00" + partition if partition == "" or partition.startswith("\x00") else partition
 
 
+# Least time between two fresh connections opened while no node answers.
+RECONNECT_SECONDS = 3.0
+
+
 class CassandraTableStore(TableStore):
     def __init__(self, settings: CassandraSettings):
         self.settings = settings
@@ -199,7 +204,7 @@ class CassandraTableStore(TableStore):
             # A schema change takes a while on a busy node; the driver then waits for
             # schema agreement (up to max_schema_agreement_wait) on top of it.
             request_timeout=max(settings.request_timeout, 30.0))
-        self._cluster = Cluster(
+        self._new_cluster = lambda: Cluster(
             contact_points, port=port,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile, "ddl": ddl},
             connect_timeout=settings.connect_timeout,
@@ -208,8 +213,11 @@ class CassandraTableStore(TableStore):
             max_schema_agreement_wait=30,
             # Notice dead connections to a hung node within ~20 s.
             idle_heartbeat_interval=10, idle_heartbeat_timeout=10)
+        self._cluster = self._new_cluster()
         self._statements: dict[tuple[str, str], object] = {}
         self._prepare_lock = threading.Lock()
+        self._reconnecting = threading.Lock()
+        self._last_reconnect = time.monotonic()
         try:
             self._session = self._call(self._cluster.connect)
             self._migrate()
@@ -224,8 +232,39 @@ class CassandraTableStore(TableStore):
         try:
             return function(*args, **kwargs)
         except _UNREACHABLE as error:
+            if isinstance(error, NoHostAvailable) and hasattr(self, "_session"):
+                self._reconnect_soon()
             raise Unavailable(f"Cassandra at {self._where()} is unavailable: "
                               f"{_describe(error)}") from error
+
+    def _reconnect_soon(self) -> None:
+        """Opens a fresh connection in the background, at most every few seconds.
+
+        The driver reconnects by itself, but after a restart of the whole cluster a
+        session that saw every node go down was seen to stay without a node for good;
+        a new session always comes back once a node answers.
+        """
+        if (time.monotonic() - self._last_reconnect < RECONNECT_SECONDS
+                or not self._reconnecting.acquire(blocking=False)):
+            return
+        self._last_reconnect = time.monotonic()
+
+        def reconnect() -> None:
+            try:
+                cluster = self._new_cluster()
+                try:
+                    session = cluster.connect()
+                except Exception:
+                    cluster.shutdown()
+                    return
+                with self._prepare_lock:
+                    old = self._cluster
+                    self._cluster, self._session, self._statements = cluster, session, {}
+                old.shutdown()
+            finally:
+                self._last_reconnect = time.monotonic()
+                self._reconnecting.release()
+        threading.Thread(target=reconnect, name="cassandra-reconnect", daemon=True).start()
 
     def _where(self) -> str:
         return ",".join(f"{h}:{p}" for h, p in self.settings.contact_points)
