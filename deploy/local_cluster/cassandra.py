@@ -15,17 +15,12 @@ No JMX port is opened (nodetool is not available); the node only listens on its 
 (CQL) port and its storage (gossip) port, both on 127.0.0.1.
 """
 
-import json
 import os
 import pathlib
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 
-from deploy.local_cluster.downloads import free_port, maven_classpath
+from deploy.local_cluster.downloads import maven_classpath
+from deploy.local_cluster.server import ManagedServer, accepts, bindable
 
 VERSION = "5.0.9"  # newest 5.0.x on Maven Central when written
 MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"
@@ -133,34 +128,33 @@ LOGBACK_XML = """\
 """
 
 
-class CassandraNode:
+class CassandraNode(ManagedServer):
     """One Cassandra node under `data_dir`. Ports 0 mean "pick free ones"; the ports a
     node first ran on are kept in `data_dir/ports.json` and reused from then on."""
 
+    name = "Cassandra"
+    port_names = ("native_port", "storage_port")
+    poll_interval = 0.5
     startup_timeout = 180.0  # seconds; a cold JVM on 2 busy cores takes a while
     stop_timeout = 60.0
 
     def __init__(self, data_dir: str | os.PathLike, *, native_port: int = 0,
                  storage_port: int = 0, heap: str = "1G"):
-        self.data_dir = pathlib.Path(data_dir).resolve()
+        super().__init__(pathlib.Path(data_dir).resolve())
         self.heap = heap
-        self._ports_file = self.data_dir / "ports.json"
-        saved = (json.loads(self._ports_file.read_text())
-                 if self._ports_file.exists() else {})
-        self._chosen = not (native_port or storage_port or saved)
-        chosen = _free_pair()
-        self.native_port = native_port or saved.get("native_port") or chosen[0]
-        self.storage_port = storage_port or saved.get("storage_port") or chosen[1]
-        if self.native_port == self.storage_port:
-            raise ValueError(f"native and storage port are both {self.native_port}")
-        self._process: subprocess.Popen | None = None
-        self.startup_seconds: float | None = None  # of the last start()
+        if native_port and native_port == storage_port:
+            raise ValueError(f"native and storage port are both {native_port}")
+        # Ports picked here (none given, none saved) may be picked again until it ran.
+        self._chosen = not (native_port or storage_port or self._saved_ports())
+        self._choose_ports({"native_port": native_port, "storage_port": storage_port})
 
     # Addresses.
 
     @property
     def contact_point(self) -> str:
         return f"127.0.0.1:{self.native_port}"
+
+    address = contact_point
 
     def uri(self, keyspace: str = "nbml") -> str:
         return f"cassandra://127.0.0.1:{self.native_port}/{keyspace}"
@@ -173,94 +167,66 @@ class CassandraNode:
     def console_file(self) -> pathlib.Path:
         return self.data_dir / "logs" / "console.log"
 
+    output_file = console_file
+
+    @property
+    def start_timeout(self) -> float:
+        return self.startup_timeout
+
     # Lifecycle.
 
     def start(self) -> "CassandraNode":
+        """As `ManagedServer.start`, but when another process takes a freshly picked port
+        between picking and binding it, tries again (3 times at most) on new ones."""
         if self.running:
             return self
-        classpath = maven_classpath(f"cassandra-{VERSION}",
-                                    [f"org.apache.cassandra:cassandra-all:{VERSION}"])
+        self._install()
         began = time.monotonic()
         for attempt in range(3):
-            if self._chosen and not (_bindable(self.native_port)
-                                     and _bindable(self.storage_port)):
-                self.native_port, self.storage_port = _free_pair()
-            self._launch(classpath)
+            if self._chosen and not (bindable(self.native_port)
+                                     and bindable(self.storage_port)):
+                self._choose_ports(fresh=True)
+            self._launch(self._command())
             try:
-                self._wait_until_ready(began + self.startup_timeout)
+                self._wait_ready(since=began)
                 break
-            except _PortTaken:
-                # Another process took a port between choosing and binding it. Fresh
-                # ports are only safe while the node has never run.
-                self._kill()
+            except BaseException as error:
+                self.kill()
+                if not (isinstance(error, Exception) and self._port_taken()):
+                    raise
+                # Fresh ports are only safe while the node has never run.
                 if not self._chosen or attempt == 2:
                     raise RuntimeError(
                         f"Cassandra could not bind port {self.native_port} or "
                         f"{self.storage_port}:\n{self.log_tail()}") from None
-                self.native_port, self.storage_port = _free_pair()
-            except BaseException:
-                self._kill()
-                raise
+                self._choose_ports(fresh=True)
         self._chosen = False
         self.startup_seconds = time.monotonic() - began
         return self
 
-    def stop(self) -> None:
-        """SIGTERM (the node drains: flushes memtables, closes the commit log), then
-        SIGKILL if it has not exited within `stop_timeout`."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        try:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(self.stop_timeout)
-        finally:  # timed out, or interrupted while waiting
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-    def restart(self) -> "CassandraNode":
-        self.stop()
-        return self.start()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> "CassandraNode":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 40) -> str:
-        out = []
-        for path in (self.console_file, self.log_file):
-            if path.exists():
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
-        return "\n".join(out) or "(no log written)"
-
     # Internals.
 
-    def _launch(self, classpath: list[pathlib.Path]) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "logs").mkdir(exist_ok=True)
+    def _install(self) -> None:
+        self._classpath = maven_classpath(f"cassandra-{VERSION}",
+                                          [f"org.apache.cassandra:cassandra-all:{VERSION}"])
+
+    def _command(self) -> list[str]:
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "triggers").mkdir(exist_ok=True)
-        self._ports_file.write_text(json.dumps(
-            {"native_port": self.native_port, "storage_port": self.storage_port}))
         config = self.data_dir / "cassandra.yaml"
         config.write_text(CASSANDRA_YAML.format(
             native_port=self.native_port, storage_port=self.storage_port,
             data=self.data_dir))
         logback = self.data_dir / "logback.xml"
         logback.write_text(LOGBACK_XML.format(log=self.log_file))
-        jamm = next((p for p in classpath if p.name.startswith("jamm-")), None)
+        jamm = next((p for p in self._classpath if p.name.startswith("jamm-")), None)
         if jamm is None:
             raise RuntimeError("the jamm jar is missing from Cassandra's classpath")
-        lib = classpath[0].parent
-        command = [
+        lib = self._classpath[0].parent
+        # Logs are appended across starts; only what this start writes is judged.
+        self._log_offsets = {path: path.stat().st_size if path.exists() else 0
+                             for path in (self.log_file, self.console_file)}
+        return [
             "java",
             f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Xss256k",
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=300", "-XX:+ExitOnOutOfMemoryError",
@@ -284,51 +250,12 @@ class CassandraNode:
             "-cp", f"{lib}/*",
             MAIN_CLASS,
         ]
-        # Logs are appended across starts; only what this start writes is judged.
-        self._log_offsets = {path: path.stat().st_size if path.exists() else 0
-                             for path in (self.log_file, self.console_file)}
-        console = open(self.console_file, "ab")
-        try:
-            self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                cwd=self.data_dir, start_new_session=True, preexec_fn=_die_with_parent())
-        finally:
-            console.close()
 
-
-    def _wait_until_ready(self, deadline: float) -> None:
-        while True:
-            if self._process.poll() is not None:
-                if self._port_taken():
-                    raise _PortTaken()
-                raise RuntimeError(
-                    f"Cassandra exited with code {self._process.returncode} while "
-                    f"starting:\n{self.log_tail()}")
-            if self._port_taken():
-                raise _PortTaken()
-            if self._answers():
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"Cassandra did not answer on {self.contact_point} within "
-                    f"{self.startup_timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.5)
-
-    def _port_taken(self) -> bool:
-        for path, offset in self._log_offsets.items():
-            if path.exists():
-                with open(path, "rb") as log:
-                    log.seek(offset)
-                    if b"Address already in use" in log.read():
-                        return True
-        return False
-
-    def _answers(self) -> bool:
+    def _ready(self, remaining: float) -> bool:
         """The real check: the driver connects and the node answers a query."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.native_port), timeout=1):
-                pass
-        except OSError:
+        if self._port_taken():
+            raise _PortTaken()
+        if not accepts(self.native_port):
             return False
         from cassandra.cluster import Cluster
 
@@ -344,45 +271,15 @@ class CassandraNode:
         finally:
             cluster.shutdown()
 
-    def _kill(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
+    def _port_taken(self) -> bool:
+        for path, offset in self._log_offsets.items():
+            if path.exists():
+                with open(path, "rb") as log:
+                    log.seek(offset)
+                    if b"Address already in use" in log.read():
+                        return True
+        return False
 
 
 class _PortTaken(Exception):
-    pass
-
-
-def _die_with_parent():
-    """On Linux, a preexec_fn that has the kernel SIGTERM the node when the process that
-    started it dies (even by SIGKILL), so no JVM outlives a killed test run. The signal
-    follows the starting *thread*, so it is only armed when starting from the main one."""
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
-        return None
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def arm():
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return arm
-
-
-def _free_pair() -> tuple[int, int]:
-    while True:
-        pair = free_port(), free_port()
-        if pair[0] != pair[1]:
-            return pair
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    """The node's log says it could not bind a port."""

@@ -6,9 +6,13 @@
 - Go programs: `go install module@version` with GOBIN = `<cache>/bin`.
 
 A finished install leaves a marker file, so reruns cost nothing and a half-finished
-install (interrupted download) is redone.
+install (interrupted download) is redone. Installs hold an exclusive lock on
+`<cache>/.install.lock`, so processes that install at once (into an empty cache) take
+turns: the later ones wait, then find the install done.
 """
 
+import contextlib
+import fcntl
 import os
 import pathlib
 import shutil
@@ -39,29 +43,46 @@ def cache_dir() -> pathlib.Path:
     return path
 
 
+@contextlib.contextmanager
+def install_lock():
+    """Held by one process at a time (all installs share it: Maven's ~/.m2 is shared
+    too); released when the process dies."""
+    with open(cache_dir() / ".install.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def maven_classpath(name: str, coordinates: list[str]) -> list[pathlib.Path]:
     """The jars of `group:artifact:version` coordinates and all their runtime
     dependencies, downloaded once into `<cache>/<name>/lib`."""
     lib = cache_dir() / name / "lib"
     marker = lib / ".complete"
     wanted = "\n".join(sorted(coordinates))
-    if not (marker.exists() and marker.read_text() == wanted):
-        if shutil.which("mvn") is None:
-            raise RuntimeError("Maven (mvn) is needed to fetch the local cluster's jars")
-        dependencies = "\n".join(
-            DEPENDENCY.format(group=g, artifact=a, version=v)
-            for g, a, v in (c.split(":") for c in coordinates))
-        with tempfile.TemporaryDirectory() as work:
-            pom = pathlib.Path(work) / "pom.xml"
-            pom.write_text(POM.format(name=name, dependencies=dependencies))
-            staging = pathlib.Path(work) / "lib"
-            subprocess.run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-                            "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
-                           check=True, stdin=subprocess.DEVNULL)
-            if lib.exists():
-                shutil.rmtree(lib)
-            shutil.move(str(staging), lib)
-        marker.write_text(wanted)
+
+    def installed() -> bool:
+        return _reads(marker) == wanted
+
+    if installed():
+        return sorted(lib.glob("*.jar"))
+    if shutil.which("mvn") is None:
+        raise RuntimeError("Maven (mvn) is needed to fetch the local cluster's jars")
+    with install_lock():
+        if not installed():  # else another process installed it while we waited
+            dependencies = "\n".join(
+                DEPENDENCY.format(group=g, artifact=a, version=v)
+                for g, a, v in (c.split(":") for c in coordinates))
+            with tempfile.TemporaryDirectory() as work:
+                pom = pathlib.Path(work) / "pom.xml"
+                pom.write_text(POM.format(name=name, dependencies=dependencies))
+                staging = pathlib.Path(work) / "lib"
+                subprocess.run(["mvn", "-q", "-B", "-f", str(pom),
+                                "dependency:copy-dependencies", "-DincludeScope=runtime",
+                                f"-DoutputDirectory={staging}"],
+                               check=True, stdin=subprocess.DEVNULL)
+                if lib.exists():
+                    shutil.rmtree(lib)
+                shutil.move(str(staging), lib)
+            marker.write_text(wanted)
     return sorted(lib.glob("*.jar"))
 
 
@@ -70,14 +91,29 @@ def go_binary(module: str, version: str, binary: str) -> pathlib.Path:
     bin_dir = cache_dir() / "bin"
     path = bin_dir / binary
     marker = bin_dir / f".{binary}.version"
-    if not (path.exists() and marker.exists() and marker.read_text() == version):
-        if shutil.which("go") is None:
-            raise RuntimeError("Go is needed to install " + module)
-        bin_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "install", f"{module}@{version}"], check=True,
-                       env={**os.environ, "GOBIN": str(bin_dir)}, stdin=subprocess.DEVNULL)
-        marker.write_text(version)
+
+    def installed() -> bool:
+        return path.exists() and _reads(marker) == version
+
+    if installed():
+        return path
+    if shutil.which("go") is None:
+        raise RuntimeError("Go is needed to install " + module)
+    with install_lock():
+        if not installed():  # else another process installed it while we waited
+            bin_dir.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["go", "install", f"{module}@{version}"], check=True,
+                           env={**os.environ, "GOBIN": str(bin_dir)},
+                           stdin=subprocess.DEVNULL)
+            marker.write_text(version)
     return path
+
+
+def _reads(marker: pathlib.Path) -> str | None:
+    try:
+        return marker.read_text()
+    except FileNotFoundError:
+        return None
 
 
 def free_port() -> int:

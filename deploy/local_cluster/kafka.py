@@ -20,23 +20,20 @@ dependencies, plus the SLF4J binding of log4j) and returns once a Kafka client
 it fails with the log tail if the JVM exits or is not ready in `start_timeout`.
 `stop()` sends SIGTERM (a controlled shutdown) and kills the JVM if it has not exited
 in `stop_timeout`; `restart()` is both, on the same folder and ports; `kill()` is a
-crash. On Linux the JVM also gets SIGTERM when the process that started it dies.
+crash (the lifecycle is `server.ManagedServer`'s). On Linux the JVM also gets SIGTERM
+when the process that started it (from its main thread) dies.
 About 4-6 s to start on 2 cores, under a second to stop.
 """
 
 import base64
-import json
 import os
 import pathlib
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 import uuid
 
-from deploy.local_cluster.downloads import free_port, maven_classpath
+from deploy.local_cluster.downloads import maven_classpath
+from deploy.local_cluster.server import ManagedServer, accepts, bindable
 
 KAFKA_VERSION = "4.4.0"
 SCALA_VERSION = "2.13"
@@ -110,19 +107,19 @@ logger.controller.level = INFO
 """
 
 
-class KafkaBroker:
+class KafkaBroker(ManagedServer):
     """One Kafka node on 127.0.0.1; a context manager (start on enter, stop on exit)."""
+
+    name = "Kafka"
+    port_names = ("port", "controller_port")
+    poll_interval = 0.2
 
     def __init__(self, data_dir: str | os.PathLike, *, port: int = 0, controller_port: int = 0,
                  start_timeout: float = 90.0, stop_timeout: float = 30.0):
-        self.data_dir = pathlib.Path(data_dir).absolute()
-        self._wanted = (port, controller_port)
+        super().__init__(data_dir)
+        self._wanted = {"port": port, "controller_port": controller_port}
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        self.port = 0
-        self.controller_port = 0
-        self.process: subprocess.Popen | None = None
-        self._out = None
 
     # Where clients connect.
 
@@ -134,98 +131,36 @@ class KafkaBroker:
     def uri(self) -> str:
         return f"kafka://{self.bootstrap}"
 
+    address = bootstrap
+
     @property
     def log_file(self) -> pathlib.Path:
         return self.data_dir / "logs" / "server.log"
 
     @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    # Lifecycle.
-
-    def start(self) -> "KafkaBroker":
-        if self.running:
-            return self
-        self.stop()  # the remains of a broker that exited by itself
-        lib = self._install()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "logs").mkdir(exist_ok=True)
-        self._choose_ports()
-        for port in (self.port, self.controller_port):
-            if not _bindable(port):
-                raise RuntimeError(
-                    f"port {port} of the Kafka broker in {self.data_dir} is taken by another "
-                    f"process (ports are kept in {self.data_dir / 'ports.json'})")
-        properties = self._write_config()
-        if not self._formatted():
-            self._format(lib, properties)
-        self._out = open(self.data_dir / "logs" / "kafka.out", "ab")
-        command = self._java(lib, "kafka.Kafka", str(properties))
-        self.process = subprocess.Popen(
-            _die_with_parent(command), cwd=self.data_dir, stdin=subprocess.DEVNULL,
-            stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """SIGTERM (a controlled shutdown that keeps the data), then SIGKILL after
-        `stop_timeout` seconds."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: no controlled shutdown (data in the page cache
-        survives; the broker recovers its logs on the next start)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-        self.stop()
-
-    def restart(self) -> "KafkaBroker":
-        """Stops and starts again on the same folder and ports."""
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> "KafkaBroker":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def output_file(self) -> pathlib.Path:
+        return self.data_dir / "logs" / "kafka.out"
 
     # Steps.
 
-    def _install(self) -> pathlib.Path:
+    def _install(self) -> None:
         if shutil.which("java") is None:
             raise RuntimeError("Java (17 or newer) is needed to run the local Kafka broker")
-        jars = maven_classpath(f"kafka-{KAFKA_VERSION}", COORDINATES)
-        return jars[0].parent
+        self._lib = maven_classpath(f"kafka-{KAFKA_VERSION}", COORDINATES)[0].parent
 
-    def _choose_ports(self) -> None:
-        """The ports given, else those of an earlier start on this folder, else free ones;
-        remembered in ports.json."""
-        saved_file = self.data_dir / "ports.json"
-        saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
-        port, controller_port = self._wanted
-        self.port = port or saved.get("port") or free_port()
-        self.controller_port = controller_port or saved.get("controller_port") or free_port()
-        while self.controller_port == self.port:
-            self.controller_port = free_port()
-        chosen = {"port": self.port, "controller_port": self.controller_port}
-        if chosen != saved:
-            saved_file.write_text(json.dumps(chosen) + "\n")
+    def _command(self) -> list[str]:
+        lib = self._lib
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self._choose_ports(self._wanted)
+        for port in (self.port, self.controller_port):
+            if not bindable(port):
+                raise RuntimeError(
+                    f"port {port} of the Kafka broker in {self.data_dir} is taken by another "
+                    f"process (ports are kept in {self.ports_file})")
+        properties = self._write_config()
+        if not (self.data_dir / "data" / "meta.properties").exists():
+            self._format(lib, properties)
+        return self._java(lib, "kafka.Kafka", str(properties))
 
     def _write_config(self) -> pathlib.Path:
         properties = self.data_dir / "server.properties"
@@ -235,9 +170,6 @@ class KafkaBroker:
         (self.data_dir / "log4j2.properties").write_text(
             LOG4J2_PROPERTIES.format(log=self.log_file))
         return properties
-
-    def _formatted(self) -> bool:
-        return (self.data_dir / "data" / "meta.properties").exists()
 
     def _format(self, lib: pathlib.Path, properties: pathlib.Path) -> None:
         cluster_id = _random_cluster_id()
@@ -260,72 +192,29 @@ class KafkaBroker:
                 f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
                 "-cp", f"{lib}/*", main, *args]
 
-    def _wait_ready(self) -> None:
-        """Until a client gets metadata that lists this broker (so it serves requests)."""
+    def _ready(self, remaining: float) -> object:
+        """A client gets metadata that lists this broker, unfenced (so it serves)."""
         from kafka import KafkaAdminClient
 
-        deadline = time.monotonic() + self.start_timeout
-        last_error: Exception | None = None
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Kafka exited with code {self.process.returncode} while "
-                                   f"starting; log tail:\n{self._log_tail()}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"Kafka on {self.bootstrap} was not ready within {self.start_timeout:.0f} s "
-                    f"(last error: {last_error!r}); log tail:\n{self._log_tail()}")
-            if not _accepts(self.port):
-                last_error = ConnectionRefusedError(f"nothing listens on {self.bootstrap} yet")
-                time.sleep(0.1)
-                continue
-            admin = None
-            try:
-                admin = KafkaAdminClient(
-                    bootstrap_servers=self.bootstrap, client_id="nbml-local-cluster-check",
-                    bootstrap_timeout_ms=int(min(remaining, 5.0) * 1000),
-                    request_timeout_ms=5000)
-                cluster = admin.describe_cluster()
-                if any(b.get("broker_id") == NODE_ID and not b.get("is_fenced")
-                       for b in cluster.get("brokers", [])):
-                    admin.list_topics()
-                    return
-                last_error = RuntimeError(f"broker not registered yet: {cluster}")
-            except Exception as error:  # not listening yet, or not serving yet
-                last_error = error
-            finally:
-                if admin is not None:
-                    admin.close()
-            time.sleep(0.2)
-
-    def _log_tail(self, lines: int = 40) -> str:
-        tails = []
-        for path in (self.data_dir / "logs" / "kafka.out", self.log_file):
-            if path.exists():
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                if text:
-                    tails.append(f"--- {path}\n" + "\n".join(text))
-        return "\n".join(tails) or "(no log)"
-
-
-def _bindable(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:port (connections in TIME_WAIT from an earlier run
-    do not count: the JVM binds with SO_REUSEADDR too)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not accepts(self.port):
+            return ConnectionRefusedError(f"nothing listens on {self.bootstrap} yet")
+        admin = None
         try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
-        return True
-    except OSError:
-        return False
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap, client_id="nbml-local-cluster-check",
+                bootstrap_timeout_ms=int(min(remaining, 5.0) * 1000),
+                request_timeout_ms=5000)
+            cluster = admin.describe_cluster()
+            if any(b.get("broker_id") == NODE_ID and not b.get("is_fenced")
+                   for b in cluster.get("brokers", [])):
+                admin.list_topics()
+                return True
+            return RuntimeError(f"broker not registered yet: {cluster}")
+        except Exception as error:  # not listening yet, or not serving yet
+            return error
+        finally:
+            if admin is not None:
+                admin.close()
 
 
 def _random_cluster_id() -> str:
@@ -340,13 +229,3 @@ def _random_cluster_id() -> str:
 def _escape(value: str) -> str:
     """A value for a Java .properties file."""
     return value.replace("\\", "\\\\")
-
-
-def _die_with_parent(command: list[str]) -> list[str]:
-    """On Linux, the JVM gets SIGTERM if the process that started it dies (a killed test
-    run leaves no broker behind). Note the parent is the starting *thread*: start
-    brokers from a thread that lives as long as they should."""
-    setpriv = shutil.which("setpriv")
-    if sys.platform.startswith("linux") and setpriv:
-        return [setpriv, "--pdeathsig", "TERM", "--", *command]
-    return command

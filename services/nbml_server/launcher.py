@@ -141,8 +141,10 @@ def serve_forever(http_port: int = 8080, json_output: bool = False,
     if stack not in STACKS:
         raise ValueError(f"unknown stack {stack!r}; one of {', '.join(STACKS)}")
     settings = Settings()
-    # SIGTERM stops as Ctrl-C does, so the children never outlive us.
+    # SIGTERM stops as Ctrl-C does, so the children never outlive us; SIGINT is set
+    # too because a shell starting us in the background would have it ignored.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     started = time.monotonic()
     cluster = None
     platform = LocalPlatform(settings.home, http_port=http_port)
