@@ -276,7 +276,10 @@ class CassandraNode(ManagedServer):
             if path.exists():
                 with open(path, "rb") as log:
                     log.seek(offset)
-                    if b"Address already in use" in log.read():
+                    text = log.read()
+                    # The native port says the first; the storage port, the second.
+                    if (b"Address already in use" in text
+                            or b"is in use by another process" in text):
                         return True
         return False
 
