@@ -35,7 +35,6 @@ at once when no node is up). The driver keeps reconnecting in the background
 back. The store is safe to share between threads.
 """
 
-import json
 import re
 import threading
 import time
@@ -54,7 +53,7 @@ from cassandra.policies import (DCAwareRoundRobinPolicy, ExponentialReconnection
 from cassandra.query import SimpleStatement
 
 from nbml_server.errors import Unavailable
-from nbml_server.ports.table_store import TABLES, TableStore
+from nbml_server.ports.table_store import TABLES, TableStore, decode_row, encode_row
 
 DEFAULT_PORT = 9042
 _KEYSPACE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
@@ -327,20 +326,14 @@ class CassandraTableStore(TableStore):
                     self._statements[(table, kind)] = found
         return found
 
-    @staticmethod
-    def _encode(row: dict) -> str:
-        if not isinstance(row, dict):
-            raise TypeError(f"a row is a dict, not {type(row).__name__}")
-        return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
-
     # The port.
 
     def put(self, table: str, partition: str, key: str, row: dict) -> None:
-        statement, text = self._statement(table, "put"), self._encode(row)
+        statement, text = self._statement(table, "put"), encode_row(row)
         self._call(self._session.execute, statement, (_stored_partition(partition), key, text))
 
     def put_if_absent(self, table: str, partition: str, key: str, row: dict) -> bool:
-        statement, text = self._statement(table, "put_if_absent"), self._encode(row)
+        statement, text = self._statement(table, "put_if_absent"), encode_row(row)
         result = self._call(self._session.execute, statement,
                             (_stored_partition(partition), key, text))
         return bool(result.was_applied)
@@ -349,7 +342,7 @@ class CassandraTableStore(TableStore):
         statement = self._statement(table, "get")
         found = self._call(self._session.execute, statement,
                            (_stored_partition(partition), key)).one()
-        return None if found is None else json.loads(found.row)
+        return None if found is None else decode_row(found.row)
 
     def delete(self, table: str, partition: str, key: str) -> None:
         statement = self._statement(table, "delete")
@@ -369,7 +362,7 @@ class CassandraTableStore(TableStore):
         params.append(limit)
 
         def fetch():  # paging (over 5000 rows) also talks to the server
-            return [(found.key, json.loads(found.row))
+            return [(found.key, decode_row(found.row))
                     for found in self._session.execute(statement, params)]
 
         return self._call(fetch)

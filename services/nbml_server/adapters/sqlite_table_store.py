@@ -9,11 +9,10 @@ UTF-8 byte order is code point order, so scans follow plain Python string order.
 Safe for several processes and threads on the same file (see `sqlite_connections`).
 """
 
-import json
 import os
 
 from nbml_server.adapters.sqlite_connections import SqliteConnections
-from nbml_server.ports.table_store import TABLES, TableStore
+from nbml_server.ports.table_store import TABLES, TableStore, decode_row, encode_row
 
 
 class SqliteTableStore(TableStore):
@@ -37,14 +36,8 @@ class SqliteTableStore(TableStore):
             raise KeyError(f"unknown table {table!r}")
         return f'"{table}"'
 
-    @staticmethod
-    def _encode(row: dict) -> str:
-        if not isinstance(row, dict):
-            raise TypeError(f"a row is a dict, not {type(row).__name__}")
-        return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
-
     def put(self, table: str, partition: str, key: str, row: dict) -> None:
-        name, text = self._table(table), self._encode(row)
+        name, text = self._table(table), encode_row(row)
         with self._db.connection() as conn:
             conn.execute(
                 f"INSERT INTO {name} (partition, key, row) VALUES (?, ?, ?)"
@@ -52,7 +45,7 @@ class SqliteTableStore(TableStore):
                 (partition, key, text))
 
     def put_if_absent(self, table: str, partition: str, key: str, row: dict) -> bool:
-        name, text = self._table(table), self._encode(row)
+        name, text = self._table(table), encode_row(row)
         # One autocommit statement is atomic and writers are serialised by SQLite's
         # write lock, so of racing callers (threads or processes) exactly one inserts.
         with self._db.connection() as conn:
@@ -68,7 +61,7 @@ class SqliteTableStore(TableStore):
             found = conn.execute(
                 f"SELECT row FROM {name} WHERE partition = ? AND key = ?",
                 (partition, key)).fetchone()
-        return None if found is None else json.loads(found[0])
+        return None if found is None else decode_row(found[0])
 
     def delete(self, table: str, partition: str, key: str) -> None:
         name = self._table(table)
@@ -92,7 +85,7 @@ class SqliteTableStore(TableStore):
         params.append(limit)
         with self._db.connection() as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [(key, json.loads(text)) for key, text in rows]
+        return [(key, decode_row(text)) for key, text in rows]
 
     def close(self) -> None:
         self._db.close()

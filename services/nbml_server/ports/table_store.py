@@ -7,6 +7,7 @@ them on open. This maps one-to-one onto a Cassandra table
 `(partition text, key text, row text, PRIMARY KEY (partition, key))`.
 """
 
+import json
 from abc import ABC, abstractmethod
 
 # Query-first tables; each name says what it is keyed by.
@@ -27,6 +28,17 @@ TABLES = (
     "evaluations_by_model",  # partition: model id, key: ""
     "endpoints_by_user",  # partition: user id, key: endpoint id
 )
+
+
+def encode_row(row: dict) -> str:
+    """A row as the JSON text adapters store."""
+    if not isinstance(row, dict):
+        raise TypeError(f"a row is a dict, not {type(row).__name__}")
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_row(text: str) -> dict:
+    return json.loads(text)
 
 
 class TableStore(ABC):
