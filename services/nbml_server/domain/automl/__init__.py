@@ -2,6 +2,7 @@
 
     result = run_search(SearchRequest(frame, "target", budget_seconds=60))
     model = result.best.pipeline           # one sklearn Pipeline: coerce -> preprocess -> model
+                                           # (or a WeightedEnsemble of such pipelines)
     evaluation = evaluate(model, result.holdout_frame, "target", result.task, result.metric)
     data = save_model(model); model = load_model(data)
 
@@ -11,6 +12,7 @@ No grpc, protobuf or storage here; errors are `nbml_server.errors` domain errors
 from .artifacts import ALLOWED_TYPES, load_model, save_model
 from .columns import COLUMN_TYPES, infer_column_type, resolve_column_types, to_label
 from .deadline import Deadline
+from .ensemble import WeightedEnsemble, greedy_selection
 from .evaluation import Evaluation, evaluate
 from .learners import LEARNERS, Learner, LearnerContext
 from .prediction import predict_frame, rows_to_frame
@@ -29,5 +31,5 @@ __all__ = [
     "build_preprocessor", "evaluate", "greater_is_better",
     "infer_column_type", "load_model", "predict_frame", "resolve_column_types",
     "resolve_metric", "resolve_task", "rows_to_frame", "run_search", "save_model", "to_label",
-    "validate_budget",
+    "validate_budget", "WeightedEnsemble", "greedy_selection",
 ]

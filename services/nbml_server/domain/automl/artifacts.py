@@ -4,8 +4,9 @@ skops loads the types it considers safe by default (plain containers, numpy arra
 most scikit-learn estimators) and reports the others as untrusted. We accept an
 artifact only if every type it reports is named in ALLOWED_TYPES, a list written
 here by hand from what our pipelines contain (the learners in `learners.py` and
-the transformers in `transformers.py`); anything else is refused with
-FailedPrecondition(UNTRUSTED_ARTIFACT).
+the transformers in `transformers.py`) and from `ensemble.WeightedEnsemble`, the
+one stored model that is not a Pipeline (it holds member Pipelines); anything else
+is refused with FailedPrecondition(UNTRUSTED_ARTIFACT).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from sklearn.pipeline import Pipeline
 
 from nbml_server.errors import FailedPrecondition
 
+from .ensemble import WeightedEnsemble
+
 _OWN = "nbml_server.domain.automl.transformers."
 
 ALLOWED_TYPES: frozenset[str] = frozenset({
@@ -22,6 +25,7 @@ ALLOWED_TYPES: frozenset[str] = frozenset({
     _OWN + "SchemaCoercer",
     _OWN + "DatePartsTransformer",
     _OWN + "TextStatsTransformer",
+    "nbml_server.domain.automl.ensemble.WeightedEnsemble",
     # numpy.
     "numpy.dtype",
     # Fitted state of scikit-learn models that skops does not trust by default.
@@ -40,7 +44,7 @@ ALLOWED_TYPES: frozenset[str] = frozenset({
 
 
 def save_model(pipeline) -> bytes:
-    """The fitted pipeline as skops bytes."""
+    """The fitted pipeline (or WeightedEnsemble) as skops bytes."""
     return sio.dumps(pipeline)
 
 
@@ -53,10 +57,11 @@ def untrusted_types(data: bytes) -> list[str]:
                                  reason="INVALID_ARTIFACT") from exc
 
 
-def load_model(data: bytes) -> Pipeline:
-    """The pipeline in `data`. Raises FailedPrecondition: UNTRUSTED_ARTIFACT when
-    the artifact holds a type outside ALLOWED_TYPES, INVALID_ARTIFACT when it
-    cannot be read or is not a Pipeline."""
+def load_model(data: bytes) -> Pipeline | WeightedEnsemble:
+    """The pipeline (or ensemble of pipelines) in `data`. Raises FailedPrecondition:
+    UNTRUSTED_ARTIFACT when the artifact holds a type outside ALLOWED_TYPES,
+    INVALID_ARTIFACT when it cannot be read or is neither a Pipeline nor a
+    WeightedEnsemble of Pipelines."""
     found = untrusted_types(data)
     refused = sorted(t for t in found if t not in ALLOWED_TYPES)
     if refused:
@@ -68,6 +73,9 @@ def load_model(data: bytes) -> Pipeline:
     except Exception as exc:  # noqa: BLE001
         raise FailedPrecondition(f"the model artifact cannot be read: {exc}",
                                  reason="INVALID_ARTIFACT") from exc
+    if isinstance(model, WeightedEnsemble) and all(
+            isinstance(m, Pipeline) for m in model.members) and len(model.members):
+        return model
     if not isinstance(model, Pipeline):
         raise FailedPrecondition(f"the model artifact holds a {type(model).__name__}, "
                                  "not a Pipeline", reason="INVALID_ARTIFACT")

@@ -13,6 +13,14 @@ trial is started only when the time left for searching covers its expected cost
 their relative cost); between folds a trial is abandoned when its remaining folds
 would overrun. Time for the refits is reserved from the estimated fit times. The
 first trial always runs to the end (possibly on fewer folds) so there is a model.
+
+Ensemble: the out-of-fold predictions of the best complete trials are kept (at
+most ENSEMBLE_CANDIDATES of them, within OOF_MEMORY_BYTES). After the refits, when
+time is left, greedy ensemble selection (`ensemble.greedy_selection`) blends
+them; members not refit yet are refit only when their estimated refit time fits,
+otherwise the candidates are restricted to the models already refit. The
+ensemble is offered (first in `SearchResult.models`, family "ensemble",
+trial_number -1) only when its cross-validated score beats the best single trial.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from nbml_server.errors import InvalidArgument
 
 from .columns import coerce_numeric, labels_of, resolve_column_types
 from .deadline import Clock, Deadline
+from .ensemble import ENSEMBLE_FAMILY, WeightedEnsemble, greedy_selection
 from .learners import LEARNERS, N_JOBS, Learner, LearnerContext
 from .preprocessing import build_preprocessor
 from .tasks import (CLASSIFICATION, TARGET_FIELD, align_proba, better,
@@ -61,6 +70,8 @@ REFIT_SLACK_SECONDS = 1.0
 MAX_CONSECUTIVE_SKIPS = 25
 MAX_CONSECUTIVE_FAILURES = 20  # every configuration fails: the data is the problem
 FOLD_CACHE_BYTES = 256 * 2**20
+ENSEMBLE_CANDIDATES = 30  # trials whose out-of-fold predictions are kept
+OOF_MEMORY_BYTES = 200 * 2**20  # bound on the kept out-of-fold predictions
 
 STAGE_SEARCHING = "searching"
 STAGE_REFITTING = "refitting"
@@ -87,6 +98,8 @@ class SearchRequest:
     families: Sequence[str] | None = None
     # Stop after this many trials (mostly for tests); None: until the budget is spent.
     max_trials: int | None = None
+    # Offer a greedy ensemble of the best trials when it beats the best single one.
+    ensemble: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,12 +116,13 @@ class TrialResult:
 
 @dataclass
 class FittedModel:
-    family: str
+    family: str  # "ensemble" for the WeightedEnsemble
+    # ensemble: {"members": [{"family", "trial_number", "weight"}, ...]}
     params: dict[str, Any]
     cv_score: float
     cv_score_std: float | None
-    pipeline: Pipeline
-    trial_number: int
+    pipeline: Pipeline | WeightedEnsemble
+    trial_number: int  # -1 for the ensemble
 
 
 @dataclass
@@ -120,7 +134,8 @@ class SearchResult:
     feature_columns: list[str]  # input columns, in training order
     column_types: dict[str, str]
     trials: list[TrialResult]
-    models: list[FittedModel]  # best first; empty when no trial succeeded
+    # Best first (the ensemble first when offered); empty when no trial succeeded.
+    models: list[FittedModel]
     holdout_frame: pd.DataFrame  # holdout rows as given, target column included
     train_rows: int  # rows the models were refit on
     stopped_early: bool  # should_stop() asked the search to stop
@@ -357,6 +372,12 @@ class _Search:
         self.best_by_family: dict[str, TrialResult] = {}
         self.cancelled = False
         self.stop_reason = STOP_DEADLINE
+        # Out-of-fold predictions (classification: probabilities in prep.classes
+        # order) of the best complete trials, by trial number.
+        per_trial = len(prep.y) * max(1, len(prep.classes)) * 8
+        capacity = min(ENSEMBLE_CANDIDATES, OOF_MEMORY_BYTES // per_trial)
+        self.oof_capacity = capacity if request.ensemble and capacity >= 2 else 0
+        self.oof: dict[int, np.ndarray] = {}
 
     # -- bookkeeping
 
@@ -405,14 +426,30 @@ class _Search:
 
     # -- one trial
 
-    def score(self, model, X, y) -> float:
+    def predict(self, model, X) -> np.ndarray:
+        """Probabilities in prep.classes order (classification), else predictions."""
         if self.prep.task == CLASSIFICATION:
-            proba = align_proba(model.predict_proba(X), model.classes_, self.prep.classes)
-            return classification_score(self.metric, y, proba, self.prep.classes)
-        return regression_score(self.metric, y, model.predict(X))
+            return align_proba(np.asarray(model.predict_proba(X), dtype=np.float64),
+                               model.classes_, self.prep.classes)
+        return np.asarray(model.predict(X), dtype=np.float64).reshape(-1)
 
-    def cross_validate(self, learner: Learner, params: dict) -> TrialResult:
+    def score_predictions(self, y, predictions: np.ndarray) -> float:
+        if self.prep.task == CLASSIFICATION:
+            return classification_score(self.metric, y, predictions, self.prep.classes)
+        return regression_score(self.metric, y, predictions)
+
+    def score(self, model, X, y) -> float:
+        return self.score_predictions(y, self.predict(model, X))
+
+    def cross_validate(self, learner: Learner, params: dict
+                       ) -> tuple[TrialResult, np.ndarray | None]:
+        """The trial, and its out-of-fold predictions when they are being kept."""
         scores: list[float] = []
+        oof = None
+        if self.oof_capacity:
+            n = len(self.prep.y)
+            oof = np.zeros((n, len(self.prep.classes)) if self.prep.task == CLASSIFICATION
+                           else n, dtype=np.float64)
         spent = 0.0
         error = None
         must_finish = not self.best_by_family
@@ -437,7 +474,10 @@ class _Search:
                     started = self.clock()  # preprocessing is shared, not this trial's cost
                 model = clone(template)
                 model.fit(Xtr, y[train])
-                fold_score = self.score(model, Xva, y[valid])
+                predictions = self.predict(model, Xva)
+                fold_score = self.score_predictions(y[valid], predictions)
+                if oof is not None:
+                    oof[valid] = predictions
             except Exception as exc:  # noqa: BLE001
                 spent += self.clock() - started
                 error = _error_text(exc)
@@ -458,9 +498,23 @@ class _Search:
         if scores:
             unit = spent / len(scores) / max(1e-9, learner.cost_factor(params))
             self.unit_fold_seconds.setdefault(learner.name, []).append(unit)
-        return TrialResult(number=len(self.trials), family=learner.name, params=dict(params),
-                           cv_score=cv_score, cv_score_std=cv_std, fit_seconds=spent,
-                           error=error, folds=len(scores))
+        trial = TrialResult(number=len(self.trials), family=learner.name, params=dict(params),
+                            cv_score=cv_score, cv_score_std=cv_std, fit_seconds=spent,
+                            error=error, folds=len(scores))
+        return trial, oof
+
+    def keep_oof(self, trial: TrialResult, oof: np.ndarray | None) -> None:
+        """Keeps the out-of-fold predictions of a complete trial among the best
+        `oof_capacity` ones."""
+        if (oof is None or trial.cv_score is None or trial.folds < self.k
+                or not np.all(np.isfinite(oof))):
+            return
+        self.oof[trial.number] = oof
+        if len(self.oof) > self.oof_capacity:
+            scores = {t.number: t.cv_score for t in self.trials if t.number in self.oof}
+            scores[trial.number] = trial.cv_score
+            worst = max(self.oof, key=lambda n: (sort_key(scores[n], self.metric), n))
+            del self.oof[worst]
 
     def record(self, trial: TrialResult) -> None:
         self.trials.append(trial)
@@ -524,34 +578,110 @@ class _Search:
                 skips += 1
                 continue
             skips = 0
-            trial = self.cross_validate(learner, params)
+            trial, oof = self.cross_validate(learner, params)
             if trial.cv_score is not None:
                 study.tell(ask, trial.cv_score)
             else:
                 study.tell(ask, state=optuna.trial.TrialState.FAIL)
+            self.keep_oof(trial, oof)
             self.record(trial)
 
     # -- refits
 
-    def refit(self) -> list[FittedModel]:
+    def hard_limit(self) -> float:
+        return self.deadline.seconds * (1 + REFIT_SLACK_FRACTION) + REFIT_SLACK_SECONDS
+
+    def refit_trial(self, trial: TrialResult) -> Pipeline | None:
+        """The trial's configuration fit on all search rows; None when that fails."""
         prep = self.prep
-        hard_limit = self.deadline.seconds * (1 + REFIT_SLACK_FRACTION) + REFIT_SLACK_SECONDS
+        try:
+            pipeline = build_pipeline(self.learners[trial.family], trial.params, self.ctx,
+                                      prep.feature_types, prep.active_types)
+            pipeline.fit(prep.raw_X, prep.y)
+        except Exception:  # noqa: BLE001 - keep the models that did refit
+            log.warning("refit of trial %d (%s) failed", trial.number, trial.family,
+                        exc_info=True)
+            return None
+        return pipeline
+
+    def refit(self) -> list[FittedModel]:
+        hard_limit = self.hard_limit()
         models: list[FittedModel] = []
         for trial in self.ranked_families()[:MAX_REFIT_MODELS]:
             if models and self.deadline.elapsed() + self.refit_estimate(trial) > hard_limit:
                 continue
-            learner = self.learners[trial.family]
-            try:
-                pipeline = build_pipeline(learner, trial.params, self.ctx, prep.feature_types,
-                                          prep.active_types)
-                pipeline.fit(prep.raw_X, prep.y)
-            except Exception:  # noqa: BLE001 - keep the models that did refit
-                log.warning("refit of trial %d (%s) failed", trial.number, trial.family,
-                            exc_info=True)
-                continue
-            models.append(FittedModel(trial.family, dict(trial.params), trial.cv_score,
-                                      trial.cv_score_std, pipeline, trial.number))
+            pipeline = self.refit_trial(trial)
+            if pipeline is not None:
+                models.append(FittedModel(trial.family, dict(trial.params), trial.cv_score,
+                                          trial.cv_score_std, pipeline, trial.number))
         return models
+
+    # -- ensemble
+
+    def select(self, candidates: list[int], out_of_time) -> np.ndarray:
+        """Greedy selection counts over `candidates` (trial numbers, best first),
+        on the metric of the pooled out-of-fold predictions."""
+        y = self.prep.y
+        return greedy_selection([self.oof[n] for n in candidates],
+                                lambda blend: self.score_predictions(y, blend),
+                                greater_is_better(self.metric), start=0,
+                                out_of_time=out_of_time)[0]
+
+    def fold_scores(self, blend: np.ndarray) -> tuple[float | None, float]:
+        """Mean and std over the folds, as a trial's cv_score is computed."""
+        y = self.prep.y
+        scores = [self.score_predictions(y[valid], blend[valid]) for _, valid in self.prep.folds]
+        finite = [s for s in scores if math.isfinite(s)]
+        if not finite:
+            return None, 0.0
+        return float(np.mean(finite)), float(np.std(finite)) if len(finite) > 1 else 0.0
+
+    def ensemble(self, models: list[FittedModel]) -> FittedModel | None:
+        """The greedy ensemble of the kept trials, when time allows and it beats
+        the best single trial's cv_score; else None."""
+        best_single = self.best_score()
+        if self.cancelled or len(self.oof) < 2 or not models or best_single is None:
+            return None
+        hard_limit = self.hard_limit()
+        if self.deadline.elapsed() >= hard_limit:
+            return None
+
+        def out_of_time() -> bool:
+            return self.deadline.elapsed() > hard_limit
+
+        trials = {t.number: t for t in self.trials}
+        candidates = sorted(self.oof, key=lambda n: (sort_key(trials[n].cv_score, self.metric), n))
+        fitted = {m.trial_number: m.pipeline for m in models}
+        counts = self.select(candidates, out_of_time)
+        missing = [n for n, c in zip(candidates, counts) if c and n not in fitted]
+        if missing:
+            cost = sum(self.refit_estimate(trials[n]) for n in missing)
+            if self.deadline.elapsed() + cost <= hard_limit:
+                for n in missing:
+                    pipeline = self.refit_trial(trials[n])
+                    if pipeline is None:
+                        break
+                    fitted[n] = pipeline
+            if any(c and n not in fitted for n, c in zip(candidates, counts)):
+                candidates = [n for n in candidates if n in fitted]
+                if len(candidates) < 2 or out_of_time():
+                    return None
+                counts = self.select(candidates, out_of_time)
+        chosen = [(n, int(c)) for n, c in zip(candidates, counts) if c]
+        if len(chosen) < 2:
+            return None  # one member: that trial's own model
+        total = sum(c for _, c in chosen)
+        weights = [c / total for _, c in chosen]
+        blend = sum(w * self.oof[n] for (n, _), w in zip(chosen, weights))
+        cv_score, cv_std = self.fold_scores(blend)
+        if cv_score is None or not better(cv_score, best_single, self.metric):
+            return None
+        order = sorted(range(len(chosen)), key=lambda i: (-weights[i], chosen[i][0]))
+        members = [{"family": trials[chosen[i][0]].family, "trial_number": int(chosen[i][0]),
+                    "weight": round(float(weights[i]), 6)} for i in order]
+        pipeline = WeightedEnsemble([fitted[chosen[i][0]] for i in order],
+                                    [float(weights[i]) for i in order], task=self.prep.task)
+        return FittedModel(ENSEMBLE_FAMILY, {"members": members}, cv_score, cv_std, pipeline, -1)
 
 
 def _cores(n_rows: int) -> int:
@@ -616,6 +746,14 @@ def run_search(request: SearchRequest, *,
             search.run()
             search.progress(STAGE_REFITTING)
             models = search.refit()
+            try:
+                ensemble = search.ensemble(models)
+            except Exception:  # noqa: BLE001 - the single models stand on their own
+                log.warning("ensemble selection failed", exc_info=True)
+                ensemble = None
+            if ensemble is not None:
+                models.insert(0, ensemble)
+            search.oof.clear()
     search.progress(STAGE_DONE)
     return SearchResult(
         task=prep.task, metric=prep.metric, greater_is_better=greater_is_better(prep.metric),
