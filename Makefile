@@ -9,7 +9,7 @@ GRPCURL_VERSION := v1.9.3
 GRPCURL := build/tools/bin/grpcurl
 PORT ?= 8080
 
-.PHONY: up up-cluster test venv gen lint-protos clean
+.PHONY: up up-cluster test venv gen lint-protos bench-automl clean
 
 up: venv
 	$(UV) run nbml up --port $(PORT)
@@ -46,6 +46,13 @@ lint-protos: venv $(BUF)
 	src=$$($(UV) run --frozen python -c 'import google.api; print(list(google.api.__path__)[0])') && \
 	  for f in annotations http httpbody field_behavior; do cp "$$src/$$f.proto" build/protodeps/google/api/; done
 	$(BUF) lint
+
+# The platform's AutoML beside FLAML, H2O AutoML and a default HistGradientBoosting, on
+# one split and budget each (BENCH_ARGS="--budgets 10 --datasets iris,wine" for a subset).
+# Run it on an idle machine: every run records the load average.
+bench-automl: $(UV)
+	$(UV) sync --frozen --extra cluster --group bench
+	$(UV) run --frozen --group bench python -m tools.bench.automl $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .tools build

@@ -303,10 +303,17 @@ def _load_average() -> list[float] | None:
 
 
 def _git_commit() -> str | None:
+    """The commit the code comes from, with "+dirty" when the tree has changes."""
+    here = pathlib.Path(__file__).parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=pathlib.Path(__file__).parent)
-        return out.stdout.strip() or None
+                             text=True, timeout=5, cwd=here)
+        commit = out.stdout.strip()
+        if not commit:
+            return None
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], capture_output=True,
+                               timeout=10, cwd=here).returncode == 1
+        return commit + ("+dirty" if dirty else "")
     except Exception:  # noqa: BLE001
         return None
 
@@ -362,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("h2o", "flaml", "flaml.automl", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     datasets = suite.get(args.datasets)
+    # SIGTERM stops as Ctrl-C does; SIGINT is set too because a shell starting us in
+    # the background would have it ignored.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="nbml-bench-"))
     bench = Bench(datasets, args.budgets, args.systems, args.output_dir, workdir)
     interrupted = False

@@ -335,6 +335,7 @@ class H2OSystem(System):
     def __init__(self) -> None:
         self.h2o = None
         self.started = False
+        self.scratch: pathlib.Path | None = None
 
     def check(self) -> None:
         _require("h2o", BENCH_HINT)
@@ -350,6 +351,8 @@ class H2OSystem(System):
 
         ice = workdir / "h2o"
         ice.mkdir(parents=True, exist_ok=True)
+        self.scratch = workdir / "h2o-upload"
+        self.scratch.mkdir(parents=True, exist_ok=True)
         port = _free_port_pair()
         started = time.monotonic()
         self.started = True  # from here on, stop() must try to shut it down
@@ -378,7 +381,10 @@ class H2OSystem(System):
         except Exception as error:  # noqa: BLE001
             log.warning("could not shut H2O down: %s", error)
 
-    def _frame(self, frame: pd.DataFrame, dataset: Dataset, with_target: bool):
+    def _frame(self, frame: pd.DataFrame, dataset: Dataset, with_target: bool, name: str):
+        """The frame in H2O, through a CSV file (H2OFrame(pandas) turns missing text
+        values into a level "nan"; in a CSV they are empty cells, which H2O reads as
+        missing). Categoricals and a classification target are enums."""
         types = {}
         for c in frame.columns:
             if c == dataset.target:
@@ -390,7 +396,14 @@ class H2OSystem(System):
         data = frame.copy()
         if with_target and dataset.classification:
             data[dataset.target] = labels(data[dataset.target])
-        return self.h2o.H2OFrame(data, column_types=types)
+        path = self.scratch / f"{name}.csv"
+        data.to_csv(path, index=False)
+        try:
+            return self.h2o.upload_file(str(path), destination_frame=name, header=1,
+                                        col_names=list(data.columns),
+                                        col_types=[types[c] for c in data.columns])
+        finally:
+            path.unlink(missing_ok=True)
 
     def run(self, dataset: Dataset, train: pd.DataFrame, test_X: pd.DataFrame,
             budget: int) -> Outcome:
@@ -403,8 +416,9 @@ class H2OSystem(System):
         try:
             warnings.filterwarnings("ignore", category=Warning, module=r"h2o\.")
             t_prep = time.monotonic()
-            train_h = self._frame(train, dataset, with_target=True)
-            test_h = self._frame(test_X[dataset.feature_columns], dataset, with_target=False)
+            train_h = self._frame(train, dataset, True, f"{dataset.name}_{budget}_train")
+            test_h = self._frame(test_X[dataset.feature_columns], dataset, False,
+                                 f"{dataset.name}_{budget}_test")
             out.prepare_seconds = time.monotonic() - t_prep
             aml = H2OAutoML(max_runtime_secs=budget, seed=0, nfolds=5,
                             project_name=f"bench_{dataset.name}_{budget}", verbosity=None)
