@@ -34,28 +34,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nbml_server.domain.automl import to_label
+
 from .suite import REGRESSION, Dataset
 
 log = logging.getLogger("bench")
 
 
-def label_text(value: Any) -> str | None:
-    """A class label's text form, as the platform writes it (1.0 -> "1", True -> "True")."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bool, np.bool_)):
-        return "True" if value else "False"
-    if isinstance(value, (float, np.floating)):
-        return str(int(value)) if float(value).is_integer() else repr(float(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return str(value)
-
-
 def labels(series: pd.Series) -> pd.Series:
-    return series.map(label_text).astype(object)
+    return series.map(to_label).astype(object)
 
 
 @dataclass
@@ -319,7 +306,7 @@ class FlamlSystem(System):
             warnings.simplefilter("ignore")
             if dataset.classification:
                 proba = np.asarray(automl.predict_proba(test_X[dataset.feature_columns]))
-                out.proba = pd.DataFrame(proba, columns=[label_text(c) for c in automl.classes_])
+                out.proba = pd.DataFrame(proba, columns=[to_label(c) for c in automl.classes_])
             else:
                 out.values = np.asarray(automl.predict(test_X[dataset.feature_columns]),
                                         dtype=float).reshape(-1)
@@ -472,10 +459,10 @@ class HgbSystem(System):
         training rows only; unseen test values become missing."""
         train_X, test_X = train_X.copy(), test_X.copy()
         for c in dataset.categorical_columns:
-            values = sorted({label_text(v) for v in train_X[c].dropna()})
+            values = sorted({to_label(v) for v in train_X[c].dropna()})
             dtype = pd.CategoricalDtype(values)
-            train_c = train_X[c].map(label_text, na_action="ignore").astype(dtype)
-            test_c = test_X[c].map(label_text, na_action="ignore").astype(dtype)
+            train_c = train_X[c].map(to_label, na_action="ignore").astype(dtype)
+            test_c = test_X[c].map(to_label, na_action="ignore").astype(dtype)
             if len(values) > self.MAX_CATEGORIES:
                 train_c = train_c.cat.codes.replace(-1, np.nan).astype(float)
                 test_c = test_c.cat.codes.replace(-1, np.nan).astype(float)
@@ -506,7 +493,7 @@ class HgbSystem(System):
         t1 = time.monotonic()
         if dataset.classification:
             out.proba = pd.DataFrame(model.predict_proba(X_test),
-                                     columns=[label_text(c) for c in model.classes_])
+                                     columns=[to_label(c) for c in model.classes_])
         else:
             out.values = np.asarray(model.predict(X_test), dtype=float)
         out.predict_seconds = time.monotonic() - t1
