@@ -42,6 +42,15 @@ class ModelRegistry:
         self.store.put("models_by_user", record["user_id"], record["model_id"], record)
         return record
 
+    def remove_job_models(self, user_id: str, job_id: str) -> None:
+        """Removes every model a job stored (records first, then artifacts)."""
+        for record in self.list_by_job(job_id).rows:
+            model_id = record["model_id"]
+            self.store.delete("models_by_user", user_id, model_id)
+            self.store.delete("models_by_job", job_id, model_id)
+            self.store.delete("evaluations_by_model", model_id, "")
+            self.blobs.delete_prefix(f"users/{user_id}/models/{model_id}/")
+
     def get(self, user_id: str, model_id: str) -> dict:
         record = self.store.get("models_by_user", user_id, model_id)
         if record is None:

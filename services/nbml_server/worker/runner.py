@@ -100,6 +100,8 @@ class JobRunner:
 
     def _store_models(self, job: dict, result) -> list[str]:
         user_id, job_id = job["user_id"], job["job_id"]
+        # An attempt interrupted after storing models must not leave them beside ours.
+        self.models.remove_job_models(user_id, job_id)
         self.models.blobs.put(holdout_key(user_id, job_id), write_canonical(result.holdout_frame))
         model_ids = []
         for rank, fitted in enumerate(result.models, start=1):
