@@ -118,7 +118,7 @@ def apikey_list(args: Namespace, out: Output) -> int:
 def apikey_delete(args: Namespace, out: Output) -> int:
     with make_client(args) as client:
         client.delete_api_key(args.key_id)
-    key_id = resource_id(args.key_id) if "/" in args.key_id else args.key_id
+    key_id = resource_id(args.key_id)
     out.emit({"id": key_id, "deleted": True}, f"Deleted API key {key_id}")
     return 0
 
@@ -174,7 +174,7 @@ def datasets_preview(args: Namespace, out: Output) -> int:
         resp = client.preview_response(args.dataset_id, args.rows)
     columns = list(resp.columns)
     rows = [list(r.cells) for r in resp.rows]
-    ds_id = resource_id(args.dataset_id) if "/" in args.dataset_id else args.dataset_id
+    ds_id = resource_id(args.dataset_id)
     out.emit({"id": ds_id, "columns": columns, "rows": rows},
              render.table(columns, rows) if columns else "(empty)")
     return 0
@@ -183,7 +183,7 @@ def datasets_preview(args: Namespace, out: Output) -> int:
 def datasets_delete(args: Namespace, out: Output) -> int:
     with make_client(args) as client:
         client.delete_dataset(args.dataset_id)
-    ds_id = resource_id(args.dataset_id) if "/" in args.dataset_id else args.dataset_id
+    ds_id = resource_id(args.dataset_id)
     out.emit({"id": ds_id, "deleted": True}, f"Deleted data set {ds_id}")
     return 0
 
@@ -191,7 +191,7 @@ def datasets_delete(args: Namespace, out: Output) -> int:
 def datasets_download(args: Namespace, out: Output) -> int:
     with make_client(args) as client:
         data = client.download_dataset_bytes(args.dataset_id)
-    ds_id = resource_id(args.dataset_id) if "/" in args.dataset_id else args.dataset_id
+    ds_id = resource_id(args.dataset_id)
     if args.output:
         Path(args.output).write_bytes(data)
         out.emit({"id": ds_id, "output": args.output, "bytes": len(data)},
@@ -360,7 +360,7 @@ def endpoints_get(args: Namespace, out: Output) -> int:
 def endpoints_delete(args: Namespace, out: Output) -> int:
     with make_client(args) as client:
         client.delete_endpoint(args.endpoint_id)
-    ep_id = resource_id(args.endpoint_id) if "/" in args.endpoint_id else args.endpoint_id
+    ep_id = resource_id(args.endpoint_id)
     out.emit({"id": ep_id, "deleted": True}, f"Deleted endpoint {ep_id}")
     return 0
 
@@ -386,7 +386,7 @@ def predict(args: Namespace, out: Output) -> int:
     result = frame.copy()
     for column in preds.columns:
         result[column] = preds[column].to_numpy()
-    ep_id = resource_id(args.endpoint_id) if "/" in args.endpoint_id else args.endpoint_id
+    ep_id = resource_id(args.endpoint_id)
     doc = {"endpoint": ep_id, "model": resource_id(model) or None, "rows": len(result),
            "output": args.output or None}
     if args.output:
@@ -414,8 +414,8 @@ def batch_predict(args: Namespace, out: Output) -> int:
     with make_client(args) as client:
         resp = client.batch_predict_response(args.endpoint_id, args.dataset_id)
     ds = resp.output_dataset
-    ep_id = resource_id(args.endpoint_id) if "/" in args.endpoint_id else args.endpoint_id
-    in_id = resource_id(args.dataset_id) if "/" in args.dataset_id else args.dataset_id
+    ep_id = resource_id(args.endpoint_id)
+    in_id = resource_id(args.dataset_id)
     doc = {"id": resource_id(ds.name), "name": ds.display_name, "rows": resp.row_count,
            "endpoint": ep_id, "dataset": in_id}
     out.emit(doc, doc["id"])
