@@ -26,6 +26,7 @@ pytestmark = [
 ]
 
 WAIT = 15.0
+REBALANCE_WAIT = 60.0
 
 
 @pytest.fixture
@@ -153,9 +154,11 @@ def test_two_members_of_a_group_split_partitions_and_handle_each_message_once(
     for member in members:
         member.start()
     try:
+        # A readiness wait: the classic group protocol settles two joiners in a few
+        # rebalance rounds, which take much longer on a loaded 2-core CI machine.
         _wait_until(lambda: all(m.assignment for m in members)
                     and sum(len(m.assignment) for m in members) == 4,
-                    what="both members to get partitions")
+                    timeout=REBALANCE_WAIT, what="both members to get partitions")
         a, b = members
         assert not a.assignment & b.assignment
         for n in range(60):
