@@ -203,9 +203,25 @@ def test_no_trial_starts_after_the_deadline():
                         on_trial=on_trial, clock=clock)
     assert len(result.trials) == 3
     assert result.stop_reason == "deadline" and not result.stopped_early
-    # Past the refit allowance only the best model is refit.
+    # The refits come after the search, timed on their own.
+    assert result.search_seconds >= 1000 and result.refit_seconds < 10
+    assert {m.family for m in result.models} == {"logistic_regression", "knn"}
+    assert result.best.cv_score == max(t.cv_score for t in result.trials)
+
+
+def test_past_the_refit_allowance_only_the_best_model_is_refit():
+    clock = FakeClock()
+
+    def on_progress(trials_completed, best_score, stage):
+        if stage == "refitting":
+            clock.now += 1000  # the refit allowance (a quarter of the budget) is gone
+
+    result = run_search(SearchRequest(classification_frame(), "label", budget_seconds=10,
+                                      families=["logistic_regression", "knn"], max_trials=3),
+                        on_progress=on_progress, clock=clock)
     assert len(result.models) == 1
     assert result.best.cv_score == max(t.cv_score for t in result.trials)
+    assert result.refit_seconds >= 1000
 
 
 def test_first_trial_runs_even_when_time_is_short():

@@ -18,6 +18,7 @@ from .learners import LEARNERS, Learner, LearnerContext
 from .prediction import predict_frame, rows_to_frame
 from .preprocessing import build_preprocessor
 from .search import (FittedModel, SearchRequest, SearchResult, TrialResult, build_pipeline,
+                     prepare_trials, quiet_warnings,
                      run_search, validate_budget)
 from .tasks import (CLASSIFICATION, CLASSIFICATION_METRICS, REGRESSION, REGRESSION_METRICS,
                     greater_is_better, resolve_metric, resolve_task)
@@ -30,6 +31,7 @@ __all__ = [
     "SearchResult", "TextStatsTransformer", "TrialResult", "build_pipeline",
     "build_preprocessor", "evaluate", "greater_is_better",
     "infer_column_type", "load_model", "predict_frame", "resolve_column_types",
-    "resolve_metric", "resolve_task", "rows_to_frame", "run_search", "save_model", "to_label",
+    "prepare_trials", "quiet_warnings", "resolve_metric", "resolve_task", "rows_to_frame",
+    "run_search", "save_model", "to_label",
     "validate_budget", "WeightedEnsemble", "greedy_selection",
 ]

@@ -7,12 +7,22 @@ True -> "True") before anything is fit, so every fitted classifier's `classes_`
 are strings, sorted, and `SearchResult.classes` lists them in `predict_proba`
 column order.
 
-Time: everything is measured with one monotonic clock (injectable for tests). A
-trial is started only when the time left for searching covers its expected cost
-(estimated from the same family's earlier trials, or from other families scaled by
-their relative cost); between folds a trial is abandoned when its remaining folds
-would overrun. Time for the refits is reserved from the estimated fit times. The
-first trial always runs to the end (possibly on fewer folds) so there is a model.
+Trials: the search is the coordinator. It asks Optuna for configurations (ask/tell,
+several in flight when the executor runs trials in parallel) and hands them to a
+`trials.TrialExecutor`: in this thread by default, or child processes / other
+workers (see `trials`). On large data, configurations climb rungs of growing
+subsamples and Optuna's successive-halving pruner stops the weak ones early.
+
+Time: everything is measured with one monotonic clock (injectable for tests). The
+search ends at the budget. A trial is started only when the time left covers its
+expected cost (estimated from the same family's earlier trials, or from other
+families scaled by their relative cost, and by the rung's share of the rows);
+between folds a trial is abandoned when its remaining folds would overrun. On
+small data the first trial always runs to the end (possibly on fewer folds) so
+there is a model; on large data, when no configuration reached the full rung in
+time, the best one on a subsample stands in. Then the final refit, timed and reported on its own: the best model is
+always refit; further ones, and the ensemble, only while they are expected to end
+within REFIT_SHARE of the budget (+ REFIT_SLACK_SECONDS) after the search.
 
 Ensemble: the out-of-fold predictions of the best complete trials are kept (at
 most ENSEMBLE_CANDIDATES of them, within OOF_MEMORY_BYTES). After the refits, when
@@ -25,53 +35,54 @@ trial_number -1) only when its cross-validated score beats the best single trial
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
-from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from nbml_server.errors import InvalidArgument
 
-from .columns import coerce_numeric, labels_of, resolve_column_types
 from .deadline import Clock, Deadline
 from .ensemble import ENSEMBLE_FAMILY, WeightedEnsemble, greedy_selection
-from .learners import LEARNERS, N_JOBS, Learner, LearnerContext
+from .learners import LEARNERS, Learner, LearnerContext
+from .preparation import DATASET_FIELD, SearchRequest, prepare
 from .preprocessing import build_preprocessor
-from .tasks import (CLASSIFICATION, TARGET_FIELD, align_proba, better,
-                    classification_score, greater_is_better, regression_score,
-                    resolve_metric, resolve_task, sort_key)
+from .tasks import better, greater_is_better, sort_key
 from .transformers import SchemaCoercer
+from .trials import (InlineExecutor, TrialData, TrialExecutor, TrialOutcome, TrialSpec,
+                     error_text)
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DATASET_FIELD", "SearchRequest"]  # re-exported: they used to live here
+
 BUDGET_FIELD = "training_job.budget_seconds"
-DATASET_FIELD = "training_job.dataset"
 MAX_BUDGET_SECONDS = 86_400
-MIN_ROWS = 10
-LARGE_DATA_ROWS = 20_000  # above this, 3 folds
-PARALLEL_ROWS = 5_000  # from this many rows, models may use 2 cores
 MAX_REFIT_MODELS = 5
-# Refits start only while they are expected to end before budget * 1.05 + 1 s.
-REFIT_SLACK_FRACTION = 0.05
+# Optional refits (and the ensemble) start only while they are expected to end
+# within budget * REFIT_SHARE + REFIT_SLACK_SECONDS after the search.
+REFIT_SHARE = 0.25
 REFIT_SLACK_SECONDS = 1.0
 MAX_CONSECUTIVE_SKIPS = 25
 MAX_CONSECUTIVE_FAILURES = 20  # every configuration fails: the data is the problem
-FOLD_CACHE_BYTES = 256 * 2**20
 ENSEMBLE_CANDIDATES = 30  # trials whose out-of-fold predictions are kept
 OOF_MEMORY_BYTES = 200 * 2**20  # bound on the kept out-of-fold predictions
+# A trial given out is declared lost when no outcome came this long after its
+# max_seconds (a worker died under it); the search goes on without it.
+LOST_TRIAL_GRACE_SECONDS = 2.0
+COLLECT_SECONDS = 0.2  # how long one wait for outcomes lasts, between checks
 
 STAGE_SEARCHING = "searching"
 STAGE_REFITTING = "refitting"
@@ -82,24 +93,7 @@ STOP_CANCELLED = "cancelled"
 STOP_MAX_TRIALS = "max_trials"
 STOP_FAILING = "failing"
 
-
-@dataclass
-class SearchRequest:
-    frame: pd.DataFrame
-    target: str
-    task: str = "auto"
-    metric: str | None = None
-    budget_seconds: float = 60.0
-    column_types: dict[str, str] | None = None
-    seed: int = 0
-    cv_folds: int = 5
-    holdout_fraction: float = 0.2
-    # Restrict the search to these families (registry names); None: all that fit.
-    families: Sequence[str] | None = None
-    # Stop after this many trials (mostly for tests); None: until the budget is spent.
-    max_trials: int | None = None
-    # Offer a greedy ensemble of the best trials when it beats the best single one.
-    ensemble: bool = True
+ExecutorFactory = Callable[[TrialData, Callable[[], bool]], TrialExecutor]
 
 
 @dataclass(frozen=True)
@@ -112,6 +106,7 @@ class TrialResult:
     fit_seconds: float  # fitting and scoring, summed over the folds
     error: str | None = None
     folds: int = 0  # folds completed
+    pruned: bool = False  # stopped by successive halving on a subsample (error says why)
 
 
 @dataclass
@@ -143,7 +138,9 @@ class SearchResult:
     stop_reason: str = STOP_DEADLINE
     ignored_columns: list[str] = field(default_factory=list)  # missing in every row
     cv_folds: int = 0
-    elapsed_seconds: float = 0.0
+    elapsed_seconds: float = 0.0  # search and refit
+    search_seconds: float = 0.0  # the search alone (the budget bounds this)
+    refit_seconds: float = 0.0  # the final refits and the ensemble, after the search
 
     @property
     def best(self) -> FittedModel | None:
@@ -160,165 +157,6 @@ def validate_budget(budget_seconds: float) -> float:
                                  f"{MAX_BUDGET_SECONDS} seconds, got {budget_seconds}",
                                  reason="INVALID_BUDGET")
     return budget
-
-
-# ---------------------------------------------------------------------- preparation
-
-@dataclass
-class _Prepared:
-    task: str
-    metric: str
-    classes: list[str]
-    feature_types: dict[str, str]
-    active_types: dict[str, str]
-    raw_X: pd.DataFrame  # search rows, raw
-    X: pd.DataFrame  # search rows, coerced to the schema
-    y: np.ndarray  # strings (classification) or floats
-    holdout: pd.DataFrame
-    folds: list[tuple[np.ndarray, np.ndarray]]
-    min_class_count: int
-
-
-def _preview(names: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(str(n) for n in list(names)[:limit])
-    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _prepare(request: SearchRequest) -> _Prepared:
-    frame = request.frame
-    if not all(isinstance(c, str) for c in frame.columns):
-        frame = frame.rename(columns=str)
-    duplicated = sorted(set(frame.columns[frame.columns.duplicated()]))
-    if duplicated:
-        raise InvalidArgument.of(DATASET_FIELD, f"column names must be unique; repeated: "
-                                 f"{_preview(duplicated)}", reason="DUPLICATE_COLUMNS")
-    if request.target not in frame.columns:
-        raise InvalidArgument.of(
-            TARGET_FIELD, f"column '{request.target}' is not in the data set; available: "
-            f"{_preview(list(frame.columns))}", reason="UNKNOWN_TARGET_COLUMN")
-    features = [c for c in frame.columns if c != request.target]
-    if not features:
-        raise InvalidArgument.of(TARGET_FIELD, "the data set has no column besides the target "
-                                 "to learn from", reason="NO_FEATURE_COLUMNS")
-    if not 0 <= request.holdout_fraction < 0.9:
-        raise ValueError(f"holdout_fraction must be in [0, 0.9), got {request.holdout_fraction}")
-    if request.cv_folds < 2:
-        raise ValueError(f"cv_folds must be at least 2, got {request.cv_folds}")
-
-    y_raw = frame[request.target]
-    task = resolve_task(y_raw, request.task)
-    data = frame[y_raw.notna()]
-    if task == CLASSIFICATION:
-        y_all = labels_of(data[request.target])
-        classes = sorted(set(y_all))
-    else:
-        y_all = coerce_numeric(data[request.target]).to_numpy()  # inf becomes NaN
-        finite = np.isfinite(y_all)
-        data, y_all = data[finite], y_all[finite]
-        classes = []
-    metric = resolve_metric(task, len(classes), request.metric)
-    n = len(data)
-    if n < MIN_ROWS:
-        raise InvalidArgument.of(DATASET_FIELD, f"only {n} rows have a value in target column "
-                                 f"'{request.target}'; at least {MIN_ROWS} are needed",
-                                 reason="TOO_FEW_ROWS")
-
-    # Holdout split, stratified by class or by quantile bin of a regression target.
-    positions = np.arange(n)
-    n_hold = int(round(request.holdout_fraction * n))
-    if request.holdout_fraction > 0:
-        n_hold = min(max(1, n_hold), n - MIN_ROWS // 2)
-    if n_hold > 0:
-        stratify = None
-        if task == CLASSIFICATION:
-            if n_hold >= len(classes) and n - n_hold >= len(classes):
-                stratify = y_all
-        else:
-            stratify = _quantile_bins(y_all, min(10, n_hold, n - n_hold))
-        search_pos, hold_pos = train_test_split(positions, test_size=n_hold, stratify=stratify,
-                                                random_state=request.seed)
-        search_pos, hold_pos = np.sort(search_pos), np.sort(hold_pos)
-    else:
-        search_pos, hold_pos = positions, positions[:0]
-    holdout = data.iloc[hold_pos]
-    raw_X = data.iloc[search_pos][features]
-    y = y_all[search_pos]
-
-    feature_types = resolve_column_types(raw_X, request.column_types, features)
-    X = SchemaCoercer(feature_types).fit(raw_X).transform(raw_X)
-    active_types = {c: t for c, t in feature_types.items() if X[c].notna().any()}
-    if not active_types:
-        raise InvalidArgument.of(DATASET_FIELD, "every feature column is empty in the training "
-                                 "rows", reason="NO_USABLE_FEATURES")
-
-    n_search = len(search_pos)
-    k = min(request.cv_folds, 3) if n_search >= LARGE_DATA_ROWS else request.cv_folds
-    k = min(k, n_search // 2)
-    min_class_count = 0
-    if task == CLASSIFICATION:
-        counts = pd.Series(y).value_counts()
-        min_class_count = int(counts.min())
-        k = max(2, min(k, min_class_count))
-        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=request.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # a class smaller than k
-            folds = list(splitter.split(np.zeros(n_search), y))
-    else:
-        k = max(2, k)
-        bins = _quantile_bins(y, min(10, n_search // k))
-        if bins is None:
-            folds = list(KFold(n_splits=k, shuffle=True, random_state=request.seed)
-                         .split(np.zeros(n_search)))
-        else:
-            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=request.seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                folds = list(splitter.split(np.zeros(n_search), bins))
-    return _Prepared(task, metric, classes, feature_types, active_types, raw_X, X, y, holdout,
-                     folds, min_class_count)
-
-
-def _quantile_bins(y: np.ndarray, n_bins: int) -> np.ndarray | None:
-    """Quantile bin of each regression target value, to stratify splits on (holdout
-    and folds then each span the range of the target; on small data this makes the
-    holdout score much less of a lottery). None when there is no room for it."""
-    if n_bins < 2:
-        return None
-    bins = pd.qcut(pd.Series(y).rank(method="first"), n_bins, labels=False)
-    bins = np.asarray(bins, dtype=np.int64)
-    if np.bincount(bins).min() < 2:
-        return None
-    return bins
-
-
-class _FoldCache:
-    """Preprocessed fold matrices per preprocessing kind, computed once when they fit
-    in memory (preprocessing does not depend on the model's hyperparameters)."""
-
-    def __init__(self, X: pd.DataFrame, folds, active_types: Mapping[str, str]):
-        self.X = X
-        self.folds = folds
-        self.active_types = dict(active_types)
-        self.store: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-        self.enabled: dict[str, bool] = {}
-
-    def caching(self, kind: str) -> bool:
-        return self.enabled.get(kind, True)
-
-    def get(self, kind: str, i: int) -> tuple[Any, Any]:
-        hit = self.store.get((kind, i))
-        if hit is not None:
-            return hit
-        train, valid = self.folds[i]
-        pre = build_preprocessor(self.active_types, kind)
-        Xtr = pre.fit_transform(self.X.iloc[train])
-        Xva = pre.transform(self.X.iloc[valid])
-        if kind not in self.enabled:
-            size = (Xtr.nbytes + Xva.nbytes) * len(self.folds)
-            self.enabled[kind] = size <= FOLD_CACHE_BYTES
-        if self.enabled[kind]:
-            self.store[(kind, i)] = (Xtr, Xva)
-        return Xtr, Xva
 
 
 class _OptunaParams:
@@ -342,39 +180,47 @@ def _flat_params(family: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return {"family": family, **{f"{family}.{k}": v for k, v in params.items()}}
 
 
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 500 else text[:497] + "..."
+@dataclass
+class _InFlight:
+    """A configuration given out to the executor, at its current rung."""
+    ask: optuna.Trial
+    spec: TrialSpec
+    submitted: float  # clock time
+    spent: float = 0.0  # fit seconds of its earlier rungs
 
 
 # --------------------------------------------------------------------------- search
 
 class _Search:
-    def __init__(self, request: SearchRequest, prep: _Prepared, learners: list[Learner],
-                 deadline: Deadline, clock: Clock, on_trial, on_progress, should_stop):
+    def __init__(self, request: SearchRequest, data: TrialData, deadline: Deadline,
+                 clock: Clock, on_trial, on_progress, should_stop):
         self.request = request
-        self.prep = prep
-        self.learners = {l.name: l for l in learners}
+        self.data = data
+        self.prep = data.prep
+        self.learners = data.learners
         self.deadline = deadline
         self.clock = clock
         self.on_trial = on_trial
         self.on_progress = on_progress
         self.should_stop = should_stop
-        self.metric = prep.metric
-        self.k = len(prep.folds)
-        fold_rows = min(len(train) for train, _ in prep.folds)
-        self.ctx = LearnerContext(task=prep.task, n_rows=fold_rows, n_classes=len(prep.classes),
-                                  min_class_count=prep.min_class_count, seed=request.seed,
-                                  n_jobs=_cores(fold_rows))
-        self.cache = _FoldCache(prep.X, prep.folds, prep.active_types)
+        self.metric = data.metric
+        self.k = data.k
+        self.ctx = data.ctx
+        self.top_rung = len(data.rungs) - 1
         self.trials: list[TrialResult] = []
         self.unit_fold_seconds: dict[str, list[float]] = {}
         self.best_by_family: dict[str, TrialResult] = {}
+        self.in_flight: dict[int, _InFlight] = {}
+        # Pruned trials: trial number -> (rung, score on that rung's subsample).
+        self.partial_scores: dict[int, tuple[int, float]] = {}
+        self.closing = False  # the search has ended: no configuration climbs further
         self.cancelled = False
         self.stop_reason = STOP_DEADLINE
-        # Out-of-fold predictions (classification: probabilities in prep.classes
-        # order) of the best complete trials, by trial number.
-        per_trial = len(prep.y) * max(1, len(prep.classes)) * 8
+        self.search_seconds = 0.0
+        self.refit_seconds = 0.0
+        # Out-of-fold predictions (classification: probabilities in classes order) of
+        # the best complete trials, by trial number.
+        per_trial = len(data.y) * max(1, len(data.classes)) * 8
         capacity = min(ENSEMBLE_CANDIDATES, OOF_MEMORY_BYTES // per_trial)
         self.oof_capacity = capacity if request.ensemble and capacity >= 2 else 0
         self.oof: dict[int, np.ndarray] = {}
@@ -404,15 +250,12 @@ class _Search:
         per_fold = trial.fit_seconds / max(1, trial.folds)
         return per_fold * self.k / max(1, self.k - 1) * 1.5
 
-    def reserve(self) -> float:
-        return sum(self.refit_estimate(t) for t in self.ranked_families()[:MAX_REFIT_MODELS])
-
     def search_time_left(self) -> float:
-        return self.deadline.remaining() - self.reserve()
+        return self.deadline.remaining()
 
-    def estimate(self, learner: Learner, params: Mapping[str, Any]) -> float:
-        """Expected seconds for the cross-validation of this configuration."""
-        factor = learner.cost_factor(params)
+    def estimate(self, learner: Learner, params: Mapping[str, Any], rung: int) -> float:
+        """Expected seconds for this configuration at this rung."""
+        factor = learner.cost_factor(params) * self.data.row_fraction(rung)
         own = self.unit_fold_seconds.get(learner.name)
         if own:
             per_fold = statistics.median(own) * factor
@@ -422,92 +265,22 @@ class _Search:
             per_fold = base * learner.relative_cost * factor
         else:
             return 0.0
-        return per_fold * self.k
+        return per_fold * self.data.rungs[rung].folds
 
-    # -- one trial
-
-    def predict(self, model, X) -> np.ndarray:
-        """Probabilities in prep.classes order (classification), else predictions."""
-        if self.prep.task == CLASSIFICATION:
-            return align_proba(np.asarray(model.predict_proba(X), dtype=np.float64),
-                               model.classes_, self.prep.classes)
-        return np.asarray(model.predict(X), dtype=np.float64).reshape(-1)
-
-    def score_predictions(self, y, predictions: np.ndarray) -> float:
-        if self.prep.task == CLASSIFICATION:
-            return classification_score(self.metric, y, predictions, self.prep.classes)
-        return regression_score(self.metric, y, predictions)
-
-    def score(self, model, X, y) -> float:
-        return self.score_predictions(y, self.predict(model, X))
-
-    def cross_validate(self, learner: Learner, params: dict
-                       ) -> tuple[TrialResult, np.ndarray | None]:
-        """The trial, and its out-of-fold predictions when they are being kept."""
-        scores: list[float] = []
-        oof = None
-        if self.oof_capacity:
-            n = len(self.prep.y)
-            oof = np.zeros((n, len(self.prep.classes)) if self.prep.task == CLASSIFICATION
-                           else n, dtype=np.float64)
-        spent = 0.0
-        error = None
-        must_finish = not self.best_by_family
-        try:
-            template = learner.build(params, self.ctx)
-        except Exception as exc:  # noqa: BLE001 - a bad configuration is a failed trial
-            template, error = None, _error_text(exc)
-        y = self.prep.y
-        for i, (train, valid) in enumerate(self.prep.folds if template is not None else []):
-            if i > 0:
-                if self.stop_requested():
-                    error = "stopped: the search was cancelled"
-                    break
-                if spent / i * (self.k - i) > self.search_time_left():
-                    if not must_finish:
-                        error = "stopped: the remaining folds would overrun the time budget"
-                    break  # the first trial keeps the folds it has
-            started = self.clock()
-            try:
-                Xtr, Xva = self.cache.get(learner.preprocessing, i)
-                if self.cache.caching(learner.preprocessing):
-                    started = self.clock()  # preprocessing is shared, not this trial's cost
-                model = clone(template)
-                model.fit(Xtr, y[train])
-                predictions = self.predict(model, Xva)
-                fold_score = self.score_predictions(y[valid], predictions)
-                if oof is not None:
-                    oof[valid] = predictions
-            except Exception as exc:  # noqa: BLE001
-                spent += self.clock() - started
-                error = _error_text(exc)
-                break
-            spent += self.clock() - started
-            scores.append(fold_score)
-
-        finite = [s for s in scores if math.isfinite(s)]
-        cv_score = cv_std = None
-        if error is None:
-            if finite:
-                cv_score = float(np.mean(finite))
-                cv_std = float(np.std(finite)) if len(finite) > 1 else 0.0
-            elif scores:
-                error = f"the metric {self.metric} is undefined on every fold"
-            else:
-                error = "stopped before the first fold"
-        if scores:
-            unit = spent / len(scores) / max(1e-9, learner.cost_factor(params))
+    def note_cost(self, outcome: TrialOutcome) -> None:
+        if outcome.scores:
+            learner = self.learners[outcome.family]
+            unit = (outcome.fit_seconds / len(outcome.scores)
+                    / max(1e-9, learner.cost_factor(outcome.params))
+                    / self.data.row_fraction(outcome.rung))
             self.unit_fold_seconds.setdefault(learner.name, []).append(unit)
-        trial = TrialResult(number=len(self.trials), family=learner.name, params=dict(params),
-                            cv_score=cv_score, cv_score_std=cv_std, fit_seconds=spent,
-                            error=error, folds=len(scores))
-        return trial, oof
+
+    # -- trials
 
     def keep_oof(self, trial: TrialResult, oof: np.ndarray | None) -> None:
         """Keeps the out-of-fold predictions of a complete trial among the best
         `oof_capacity` ones."""
-        if (oof is None or trial.cv_score is None or trial.folds < self.k
-                or not np.all(np.isfinite(oof))):
+        if oof is None or not self.oof_capacity or trial.cv_score is None or trial.folds < self.k:
             return
         self.oof[trial.number] = oof
         if len(self.oof) > self.oof_capacity:
@@ -516,7 +289,18 @@ class _Search:
             worst = max(self.oof, key=lambda n: (sort_key(scores[n], self.metric), n))
             del self.oof[worst]
 
-    def record(self, trial: TrialResult) -> None:
+    def record(self, family: str, params: dict, fit_seconds: float, *, scores=(),
+               error: str | None = None, pruned: bool = False,
+               oof: np.ndarray | None = None) -> TrialResult:
+        finite = [s for s in scores if math.isfinite(s)]
+        cv_score = cv_std = None
+        if error is None and finite:
+            cv_score = float(np.mean(finite))
+            cv_std = float(np.std(finite)) if len(finite) > 1 else 0.0
+        trial = TrialResult(number=len(self.trials), family=family, params=dict(params),
+                            cv_score=cv_score, cv_score_std=cv_std, fit_seconds=fit_seconds,
+                            error=error, folds=len(scores), pruned=pruned)
+        self.keep_oof(trial, oof)
         self.trials.append(trial)
         if trial.cv_score is not None:
             current = self.best_by_family.get(trial.family)
@@ -525,6 +309,108 @@ class _Search:
         if self.on_trial is not None:
             self.on_trial(trial)
         self.progress(STAGE_SEARCHING)
+        return trial
+
+    def first_pending(self) -> bool:
+        """No complete trial yet and none given out that must finish."""
+        return not self.best_by_family and not any(f.spec.must_finish
+                                                   for f in self.in_flight.values())
+
+    def fall_back_to_subsample_scores(self) -> None:
+        """When no configuration completed the full rung (large data, short budget),
+        the one with the best subsample score stands in (more rows rarely make a
+        score worse, so a better score on fewer rows is the better bet; ties go to
+        the larger subsample)."""
+        if self.best_by_family or not self.partial_scores:
+            return
+        number, (rung, score) = min(
+            self.partial_scores.items(),
+            key=lambda item: (sort_key(item[1][1], self.metric), -item[1][0], item[0]))
+        trial = self.trials[number]
+        self.best_by_family[trial.family] = dataclasses.replace(trial, cv_score=score,
+                                                                cv_score_std=0.0)
+
+    def submit(self, executor: TrialExecutor, ask: optuna.Trial, family: str, params: dict,
+               rung: int, spent: float = 0.0) -> None:
+        must_finish = self.first_pending()
+        spec = TrialSpec(key=ask.number, family=family, params=dict(params), rung=rung,
+                         max_seconds=self.search_time_left(), must_finish=must_finish,
+                         keep_oof=bool(self.oof_capacity) and rung == self.top_rung)
+        self.in_flight[spec.key] = _InFlight(ask, spec, self.clock(), spent)
+        executor.submit(spec)
+
+    def ask_and_submit(self, study: optuna.Study, executor: TrialExecutor,
+                       families: list[str]) -> bool:
+        """Gives out the next configuration; False when it was skipped for time."""
+        ask = study.ask()
+        family = ask.suggest_categorical("family", families)
+        learner = self.learners[family]
+        try:
+            params = learner.space(_OptunaParams(ask, f"{family}."), self.ctx)
+        except Exception as exc:  # noqa: BLE001 - a broken space fails its trial
+            study.tell(ask, state=optuna.trial.TrialState.FAIL)
+            self.record(family, {}, 0.0, error=error_text(exc))
+            return True
+        if self.first_pending() and self.top_rung == 0:
+            # The first configuration runs whatever the time: a model, soon.
+            self.submit(executor, ask, family, params, 0)
+            return True
+        if self.estimate(learner, params, 0) > self.search_time_left():
+            study.tell(ask, state=optuna.trial.TrialState.FAIL)
+            return False
+        self.submit(executor, ask, family, params, 0)
+        return True
+
+    def handle(self, study: optuna.Study, executor: TrialExecutor,
+               outcome: TrialOutcome) -> None:
+        flight = self.in_flight.pop(outcome.key, None)
+        if flight is None or flight.spec.rung != outcome.rung:
+            return  # declared lost already
+        self.note_cost(outcome)
+        spent = flight.spent + outcome.fit_seconds
+        if outcome.error is None and outcome.rung < self.top_rung:
+            score = float(np.mean([s for s in outcome.scores if math.isfinite(s)]))
+            flight.ask.report(score, step=outcome.rung + 1)
+            rows = self.data.rungs[outcome.rung].rows
+            why = None
+            if flight.ask.should_prune():
+                why = f"pruned: scored {score:.6g} on {rows} rows, behind the best at that size"
+            elif self.closing:
+                why = f"pruned: the search ended after it scored {score:.6g} on {rows} rows"
+            elif self.estimate(self.learners[outcome.family], outcome.params,
+                               outcome.rung + 1) > self.search_time_left():
+                why = (f"pruned: no time left to score it on more than {rows} rows "
+                       f"(it scored {score:.6g})")
+            if why is None:
+                self.submit(executor, flight.ask, outcome.family, outcome.params,
+                            outcome.rung + 1, spent)
+            else:
+                study.tell(flight.ask, state=optuna.trial.TrialState.PRUNED)
+                trial = self.record(outcome.family, outcome.params, spent, error=why,
+                                    pruned=True)
+                if math.isfinite(score):
+                    self.partial_scores[trial.number] = (outcome.rung, score)
+            return
+        trial = self.record(outcome.family, outcome.params, spent, scores=outcome.scores,
+                            error=outcome.error, oof=outcome.oof)
+        if trial.cv_score is not None:
+            study.tell(flight.ask, trial.cv_score)
+        else:
+            study.tell(flight.ask, state=optuna.trial.TrialState.FAIL)
+
+    def give_up_on(self, study: optuna.Study, key: int, why: str) -> None:
+        flight = self.in_flight.pop(key)
+        study.tell(flight.ask, state=optuna.trial.TrialState.FAIL)
+        self.record(flight.spec.family, flight.spec.params, flight.spent, error=why)
+
+    def expire_lost(self, study: optuna.Study) -> None:
+        now = self.clock()
+        for key, flight in list(self.in_flight.items()):
+            grace = LOST_TRIAL_GRACE_SECONDS + (self.deadline.seconds if flight.spec.must_finish
+                                                else 0.0)
+            if now - flight.submitted > flight.spec.max_seconds + grace:
+                self.give_up_on(study, key, "lost: no outcome came from the worker running "
+                                            "it (it may have stopped)")
 
     # -- the loop
 
@@ -538,58 +424,74 @@ class _Search:
             out += [(name, d[rank]) for name, d in per_family if rank < len(d)]
         return out
 
-    def run(self) -> None:
+    def failing(self) -> bool:
+        recent = [t for t in self.trials if not t.pruned][-MAX_CONSECUTIVE_FAILURES:]
+        return len(recent) == MAX_CONSECUTIVE_FAILURES and all(t.error for t in recent)
+
+    def run(self, executor: TrialExecutor) -> None:
         gib = greater_is_better(self.metric)
-        sampler = optuna.samplers.TPESampler(seed=self.request.seed, multivariate=True, group=True)
-        study = optuna.create_study(direction="maximize" if gib else "minimize", sampler=sampler)
+        sampler = optuna.samplers.TPESampler(seed=self.request.seed, multivariate=True, group=True,
+                                             constant_liar=executor.capacity > 1)
+        pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+                  if self.top_rung > 0 else optuna.pruners.NopPruner())
+        study = optuna.create_study(direction="maximize" if gib else "minimize",
+                                    sampler=sampler, pruner=pruner)
         for name, params in self.portfolio():
             study.enqueue_trial(_flat_params(name, params), skip_if_exists=True)
         families = list(self.learners)
+        max_trials = self.request.max_trials
         skips = 0
         self.progress(STAGE_SEARCHING)
-        while True:
-            if self.stop_requested():
-                self.stop_reason = STOP_CANCELLED
-                return
-            if self.request.max_trials is not None and len(self.trials) >= self.request.max_trials:
-                self.stop_reason = STOP_MAX_TRIALS
-                return
-            started_any = bool(self.trials)
-            if started_any and self.search_time_left() <= 0:
-                return
-            if skips >= MAX_CONSECUTIVE_SKIPS:
-                return
-            recent = self.trials[-MAX_CONSECUTIVE_FAILURES:]
-            if len(recent) == MAX_CONSECUTIVE_FAILURES and all(t.error for t in recent):
-                self.stop_reason = STOP_FAILING
-                return
-            ask = study.ask()
-            family = ask.suggest_categorical("family", families)
-            learner = self.learners[family]
-            try:
-                params = learner.space(_OptunaParams(ask, f"{family}."), self.ctx)
-            except Exception as exc:  # noqa: BLE001 - a broken space fails its trial
-                study.tell(ask, state=optuna.trial.TrialState.FAIL)
-                self.record(TrialResult(len(self.trials), family, {}, None, None, 0.0,
-                                        _error_text(exc)))
-                continue
-            if started_any and self.estimate(learner, params) > self.search_time_left():
-                study.tell(ask, state=optuna.trial.TrialState.FAIL)
-                skips += 1
-                continue
-            skips = 0
-            trial, oof = self.cross_validate(learner, params)
-            if trial.cv_score is not None:
-                study.tell(ask, trial.cv_score)
-            else:
-                study.tell(ask, state=optuna.trial.TrialState.FAIL)
-            self.keep_oof(trial, oof)
-            self.record(trial)
+        try:
+            while True:
+                if self.stop_requested():
+                    self.stop_reason = STOP_CANCELLED
+                    break
+                if max_trials is not None and len(self.trials) >= max_trials:
+                    self.stop_reason = STOP_MAX_TRIALS
+                    break
+                if self.failing():
+                    self.stop_reason = STOP_FAILING
+                    break
+                started_any = bool(self.trials or self.in_flight)
+                if started_any and self.search_time_left() <= 0:
+                    break
+                while (len(self.in_flight) < executor.capacity and skips < MAX_CONSECUTIVE_SKIPS
+                       and (max_trials is None
+                            or len(self.trials) + len(self.in_flight) < max_trials)):
+                    skips = 0 if self.ask_and_submit(study, executor, families) else skips + 1
+                if not self.in_flight:
+                    break  # nothing fits in the time left
+                for outcome in executor.collect(COLLECT_SECONDS):
+                    self.handle(study, executor, outcome)
+                self.expire_lost(study)
+            self.drain(study, executor)
+            self.fall_back_to_subsample_scores()
+        finally:
+            executor.close()
+            self.search_seconds = self.deadline.elapsed()
+
+    def drain(self, study: optuna.Study, executor: TrialExecutor) -> None:
+        """Waits for the trials still out (they end by the budget, or must finish),
+        at most until budget * 1.1; cancellation does not wait."""
+        self.closing = True
+        limit = self.deadline.seconds * 1.1
+        while self.in_flight and not self.stop_requested():
+            if (self.deadline.elapsed() > limit
+                    and not any(f.spec.must_finish for f in self.in_flight.values())):
+                break
+            for outcome in executor.collect(COLLECT_SECONDS):
+                self.handle(study, executor, outcome)
+            self.expire_lost(study)
+        for key in list(self.in_flight):
+            self.give_up_on(study, key, "stopped: the search ended before it did"
+                            if not self.cancelled else "stopped: the search was cancelled")
 
     # -- refits
 
     def hard_limit(self) -> float:
-        return self.deadline.seconds * (1 + REFIT_SLACK_FRACTION) + REFIT_SLACK_SECONDS
+        return (self.search_seconds + self.deadline.seconds * REFIT_SHARE
+                + REFIT_SLACK_SECONDS)
 
     def refit_trial(self, trial: TrialResult) -> Pipeline | None:
         """The trial's configuration fit on all search rows; None when that fails."""
@@ -623,14 +525,14 @@ class _Search:
         on the metric of the pooled out-of-fold predictions."""
         y = self.prep.y
         return greedy_selection([self.oof[n] for n in candidates],
-                                lambda blend: self.score_predictions(y, blend),
+                                lambda blend: self.data.score_predictions(y, blend),
                                 greater_is_better(self.metric), start=0,
                                 out_of_time=out_of_time)[0]
 
     def fold_scores(self, blend: np.ndarray) -> tuple[float | None, float]:
         """Mean and std over the folds, as a trial's cv_score is computed."""
         y = self.prep.y
-        scores = [self.score_predictions(y[valid], blend[valid]) for _, valid in self.prep.folds]
+        scores = [self.data.score_predictions(y[valid], blend[valid]) for _, valid in self.prep.folds]
         finite = [s for s in scores if math.isfinite(s)]
         if not finite:
             return None, 0.0
@@ -684,12 +586,6 @@ class _Search:
         return FittedModel(ENSEMBLE_FAMILY, {"members": members}, cv_score, cv_std, pipeline, -1)
 
 
-def _cores(n_rows: int) -> int:
-    # On small data, threads cost more than they bring (and OpenMP spinning on a
-    # busy 2-core machine can make a fit ten times slower).
-    return N_JOBS if n_rows >= PARALLEL_ROWS else 1
-
-
 def build_pipeline(learner: Learner, params: Mapping[str, Any], ctx: LearnerContext,
                    feature_types: Mapping[str, str], active_types: Mapping[str, str]) -> Pipeline:
     """The deployable pipeline: schema coercion, preprocessing, model (unfitted)."""
@@ -715,35 +611,54 @@ def _select_learners(request: SearchRequest, task: str, n_rows: int,
     return chosen
 
 
+def prepare_trials(request: SearchRequest,
+                   learners: Mapping[str, Learner] | None = None) -> TrialData:
+    """The rows, folds and model families every trial of this request runs on. The
+    same request gives the same TrialData on any worker."""
+    prep = prepare(request)
+    chosen = _select_learners(request, prep.task, len(prep.y), learners or LEARNERS)
+    return TrialData(prep, {l.name: l for l in chosen}, request.seed)
+
+
+def quiet_warnings() -> None:
+    """Silences the warnings fitting many configurations raises by the hundred
+    (inside a `warnings.catch_warnings()` block)."""
+    for category in (ConvergenceWarning, UserWarning, FutureWarning, RuntimeWarning,
+                     optuna.exceptions.ExperimentalWarning):
+        warnings.simplefilter("ignore", category)
+
+
 def run_search(request: SearchRequest, *,
                on_trial: Callable[[TrialResult], None] | None = None,
                on_progress: Callable[[int, float | None, str], None] | None = None,
                should_stop: Callable[[], bool] | None = None,
                clock: Clock | None = None,
-               learners: Mapping[str, Learner] | None = None) -> SearchResult:
+               learners: Mapping[str, Learner] | None = None,
+               executor: ExecutorFactory | None = None) -> SearchResult:
     """Runs the AutoML search described by `request` within its time budget.
 
     on_trial(trial) is called as each trial finishes; on_progress(trials_completed,
     best_score, stage) at stage changes and after each trial; should_stop() is
     polled between folds and trials (True: stop searching, refit what was found).
     Exceptions from the callbacks propagate. Raises InvalidArgument for a bad
-    request. `clock` (default time.monotonic) and `learners` (default
-    `learners.LEARNERS`) are for tests."""
+    request. `executor(data, should_stop)` makes the TrialExecutor that runs the
+    trials (default: `InlineExecutor`, in this thread). `clock` (default
+    time.monotonic) and `learners` (default `learners.LEARNERS`) are for tests."""
     clock = clock or time.monotonic
     deadline = Deadline(validate_budget(request.budget_seconds), clock=clock)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
-        for category in (ConvergenceWarning, UserWarning, FutureWarning, RuntimeWarning,
-                         optuna.exceptions.ExperimentalWarning):
-            warnings.simplefilter("ignore", category)
-        prep = _prepare(request)
-        chosen = _select_learners(request, prep.task, len(prep.y), learners or LEARNERS)
-        search = _Search(request, prep, chosen, deadline, clock, on_trial, on_progress,
-                         should_stop)
+        quiet_warnings()
+        data = prepare_trials(request, learners)
+        prep = data.prep
+        search = _Search(request, data, deadline, clock, on_trial, on_progress, should_stop)
+        stop = search.stop_requested
+        trial_executor = (executor(data, stop) if executor is not None
+                          else InlineExecutor(data, stop, clock))
         # BLAS and OpenMP (gradient boosting) thread pools follow the same rule as
         # n_jobs. threadpoolctl (a scikit-learn dependency) sets them process-wide.
         with threadpool_limits(limits=search.ctx.n_jobs):
-            search.run()
+            search.run(trial_executor)
             search.progress(STAGE_REFITTING)
             models = search.refit()
             try:
@@ -754,6 +669,7 @@ def run_search(request: SearchRequest, *,
             if ensemble is not None:
                 models.insert(0, ensemble)
             search.oof.clear()
+            search.refit_seconds = deadline.elapsed() - search.search_seconds
     search.progress(STAGE_DONE)
     return SearchResult(
         task=prep.task, metric=prep.metric, greater_is_better=greater_is_better(prep.metric),
@@ -762,4 +678,5 @@ def run_search(request: SearchRequest, *,
         holdout_frame=prep.holdout, train_rows=len(prep.y), stopped_early=search.cancelled,
         stop_reason=search.stop_reason,
         ignored_columns=[c for c in prep.feature_types if c not in prep.active_types],
-        cv_folds=search.k, elapsed_seconds=deadline.elapsed())
+        cv_folds=search.k, elapsed_seconds=deadline.elapsed(),
+        search_seconds=search.search_seconds, refit_seconds=search.refit_seconds)

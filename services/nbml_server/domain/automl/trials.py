@@ -1,0 +1,265 @@
+"""One trial: a configuration cross-validated on the prepared rows.
+
+The search (the coordinator) decides which configuration to try next and hands a
+`TrialSpec` to a `TrialExecutor`; whoever runs it builds the same `TrialData` from
+the same request (`preparation.prepare` is deterministic) and returns a
+`TrialOutcome`. `InlineExecutor` runs trials in the coordinator's own thread;
+other executors run them in child processes or on other workers.
+
+Rungs (successive halving on large data): rung 0..R-1 train on a subsample of the
+first fold's training rows and score on that fold's full validation rows; the last
+rung is the full k-fold cross-validation, the only one whose scores count as a
+trial's cv_score and whose out-of-fold predictions are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+
+from .deadline import Clock
+from .learners import N_JOBS, Learner, LearnerContext
+from .preparation import Prepared
+from .preprocessing import build_preprocessor
+from .tasks import CLASSIFICATION, align_proba, classification_score, regression_score
+
+PARALLEL_ROWS = 5_000  # from this many rows, models may use 2 cores
+FOLD_CACHE_BYTES = 256 * 2**20
+# Successive halving: from this many training rows per fold, new configurations are
+# first scored on 1/9 and 1/3 of them (each rung at least HALVING_MIN_ROWS rows).
+HALVING_FROM_ROWS = 18_000
+HALVING_MIN_ROWS = 2_000
+HALVING_FACTOR = 3
+
+
+@dataclass(frozen=True)
+class Rung:
+    rows: int | None  # training rows per fold; None: all
+    folds: int  # folds to run
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    key: int  # the coordinator's id of the configuration (its Optuna trial number)
+    family: str
+    params: dict[str, Any]
+    rung: int  # index into TrialData.rungs
+    # No further fold starts when the folds so far say the rest would end later
+    # than this many seconds after the trial started...
+    max_seconds: float
+    # ...unless the trial must finish (the search has no complete trial yet).
+    must_finish: bool = False
+    keep_oof: bool = False
+
+
+@dataclass
+class TrialOutcome:
+    key: int
+    rung: int
+    family: str
+    params: dict[str, Any]
+    scores: list[float]  # one per completed fold
+    fit_seconds: float  # fitting and scoring, summed over the folds
+    error: str | None = None
+    oof: np.ndarray | None = None  # out-of-fold predictions, when asked and complete
+    worker: str = ""  # who ran it, for throughput reports
+
+
+def error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def cores(n_rows: int) -> int:
+    # On small data, threads cost more than they bring (and OpenMP spinning on a
+    # busy 2-core machine can make a fit ten times slower).
+    return N_JOBS if n_rows >= PARALLEL_ROWS else 1
+
+
+def rungs_for(fold_rows: int, k: int) -> list[Rung]:
+    rungs = [Rung(None, k)]
+    if fold_rows >= HALVING_FROM_ROWS:
+        rows = fold_rows // HALVING_FACTOR
+        while rows >= HALVING_MIN_ROWS and len(rungs) < 3:
+            rungs.insert(0, Rung(rows, 1))
+            rows //= HALVING_FACTOR
+    return rungs
+
+
+class _FoldCache:
+    """Preprocessed fold matrices per (preprocessing kind, fold, rows), computed once
+    when they fit in memory (preprocessing does not depend on the hyperparameters)."""
+
+    def __init__(self, X: pd.DataFrame, folds, active_types: Mapping[str, str], seed: int):
+        self.X = X
+        self.folds = folds
+        self.active_types = dict(active_types)
+        self.seed = seed
+        self.store: dict[tuple[str, int, int | None], tuple[np.ndarray, np.ndarray]] = {}
+        self.enabled: dict[str, bool] = {}
+
+    def caching(self, kind: str) -> bool:
+        return self.enabled.get(kind, True)
+
+    def train_rows(self, i: int, rows: int | None) -> np.ndarray:
+        train = self.folds[i][0]
+        if rows is None or rows >= len(train):
+            return train
+        # A fixed random subset, the same for every trial at this rung.
+        picked = np.random.default_rng(self.seed).permutation(len(train))[:rows]
+        return train[np.sort(picked)]
+
+    def get(self, kind: str, i: int, rows: int | None) -> tuple[Any, Any, np.ndarray]:
+        train = self.train_rows(i, rows)
+        hit = self.store.get((kind, i, rows))
+        if hit is not None:
+            return hit[0], hit[1], train
+        valid = self.folds[i][1]
+        pre = build_preprocessor(self.active_types, kind)
+        Xtr = pre.fit_transform(self.X.iloc[train])
+        Xva = pre.transform(self.X.iloc[valid])
+        if kind not in self.enabled:
+            size = (Xtr.nbytes + Xva.nbytes) * len(self.folds) * 2
+            self.enabled[kind] = size <= FOLD_CACHE_BYTES
+        if self.enabled[kind]:
+            self.store[(kind, i, rows)] = (Xtr, Xva)
+        return Xtr, Xva, train
+
+
+class TrialData:
+    """The prepared rows and folds of one search, and how to score a configuration
+    on them."""
+
+    def __init__(self, prep: Prepared, learners: Mapping[str, Learner], seed: int):
+        self.prep = prep
+        self.learners = dict(learners)
+        self.task = prep.task
+        self.metric = prep.metric
+        self.classes = prep.classes
+        self.y = prep.y
+        self.folds = prep.folds
+        self.k = len(prep.folds)
+        fold_rows = min(len(train) for train, _ in prep.folds)
+        self.fold_rows = fold_rows
+        self.ctx = LearnerContext(task=prep.task, n_rows=fold_rows, n_classes=len(prep.classes),
+                                  min_class_count=prep.min_class_count, seed=seed,
+                                  n_jobs=cores(fold_rows))
+        self.rungs = rungs_for(fold_rows, self.k)
+        self.cache = _FoldCache(prep.X, prep.folds, prep.active_types, seed)
+
+    def row_fraction(self, rung: int) -> float:
+        rows = self.rungs[rung].rows
+        return 1.0 if rows is None else rows / self.fold_rows
+
+    def oof_shape(self) -> tuple[int, ...]:
+        n = len(self.y)
+        return (n, len(self.classes)) if self.task == CLASSIFICATION else (n,)
+
+    def predict(self, model, X) -> np.ndarray:
+        """Probabilities in `classes` order (classification), else predictions."""
+        if self.task == CLASSIFICATION:
+            return align_proba(np.asarray(model.predict_proba(X), dtype=np.float64),
+                               model.classes_, self.classes)
+        return np.asarray(model.predict(X), dtype=np.float64).reshape(-1)
+
+    def score_predictions(self, y, predictions: np.ndarray) -> float:
+        if self.task == CLASSIFICATION:
+            return classification_score(self.metric, y, predictions, self.classes)
+        return regression_score(self.metric, y, predictions)
+
+    def evaluate(self, spec: TrialSpec, should_stop: Callable[[], bool] | None = None,
+                 clock: Clock = time.monotonic) -> TrialOutcome:
+        """Runs the spec's folds. Stops between folds when `should_stop()` says so or
+        when the remaining folds would overrun `spec.max_seconds` (a trial that must
+        finish keeps the folds it has instead of failing)."""
+        learner = self.learners.get(spec.family)
+        outcome = TrialOutcome(spec.key, spec.rung, spec.family, dict(spec.params), [], 0.0)
+        if learner is None:
+            outcome.error = f"unknown model family {spec.family!r}"
+            return outcome
+        rung = self.rungs[spec.rung]
+        oof = np.zeros(self.oof_shape()) if spec.keep_oof and rung.rows is None else None
+        try:
+            template = learner.build(spec.params, self.ctx)
+        except Exception as exc:  # noqa: BLE001 - a bad configuration is a failed trial
+            outcome.error = error_text(exc)
+            return outcome
+        for i in range(rung.folds):
+            done = len(outcome.scores)
+            if i > 0:
+                if should_stop is not None and should_stop():
+                    outcome.error = "stopped: the search was cancelled"
+                    break
+                expected = outcome.fit_seconds / done * (rung.folds - done)
+                if outcome.fit_seconds + expected > spec.max_seconds:
+                    if not spec.must_finish:
+                        outcome.error = ("stopped: the remaining folds would overrun the "
+                                         "time budget")
+                    break
+            started = clock()
+            try:
+                Xtr, Xva, train = self.cache.get(learner.preprocessing, i, rung.rows)
+                if self.cache.caching(learner.preprocessing):
+                    started = clock()  # preprocessing is shared, not this trial's cost
+                valid = self.folds[i][1]
+                model = clone(template)
+                model.fit(Xtr, self.y[train])
+                predictions = self.predict(model, Xva)
+                score = self.score_predictions(self.y[valid], predictions)
+                if oof is not None:
+                    oof[valid] = predictions
+            except Exception as exc:  # noqa: BLE001
+                outcome.fit_seconds += clock() - started
+                outcome.error = error_text(exc)
+                break
+            outcome.fit_seconds += clock() - started
+            outcome.scores.append(score)
+        if (oof is not None and outcome.error is None and len(outcome.scores) == self.k
+                and np.all(np.isfinite(oof))):
+            outcome.oof = oof
+        if outcome.error is None and not any(math.isfinite(s) for s in outcome.scores):
+            outcome.error = (f"the metric {self.metric} is undefined on every fold"
+                             if outcome.scores else "stopped before the first fold")
+        return outcome
+
+
+class TrialExecutor(Protocol):
+    """Runs trial specs somewhere and hands back their outcomes."""
+
+    capacity: int  # specs it runs at once; the coordinator keeps at most this many out
+
+    def submit(self, spec: TrialSpec) -> None: ...
+
+    def collect(self, timeout_seconds: float) -> list[TrialOutcome]:
+        """Outcomes finished since the last call; waits up to `timeout_seconds` for one."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class InlineExecutor:
+    """Runs each spec in the calling thread when its outcome is collected."""
+
+    data: TrialData
+    should_stop: Callable[[], bool] | None = None
+    clock: Clock = time.monotonic
+    capacity: int = 1
+    pending: list[TrialSpec] = field(default_factory=list)
+
+    def submit(self, spec: TrialSpec) -> None:
+        self.pending.append(spec)
+
+    def collect(self, timeout_seconds: float) -> list[TrialOutcome]:
+        pending, self.pending = self.pending, []
+        return [self.data.evaluate(spec, self.should_stop, self.clock) for spec in pending]
+
+    def close(self) -> None:
+        self.pending.clear()

@@ -1,0 +1,127 @@
+"""AutoML trials: rungs of successive halving, executors that run several trials at
+once, and trials whose outcome never comes back (a worker died under them)."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+from nbml_server.domain.automl import SearchRequest, prepare_trials, run_search, trials
+from nbml_server.domain.automl.trials import Rung, TrialSpec, rungs_for
+
+
+def frame(n, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    y = np.where(X[:, 0] + X[:, 1] * X[:, 2] + rng.normal(scale=0.5, size=n) > 0, "yes", "no")
+    data = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    data["label"] = y
+    return data
+
+
+class ThreadedExecutor:
+    """Runs trials on a thread pool of `capacity` threads (like workers would),
+    optionally never answering for some of them."""
+
+    def __init__(self, data, should_stop, capacity=2, lose=()):
+        self.data, self.should_stop, self.capacity = data, should_stop, capacity
+        self.lose = set(lose)
+        self.pool = ThreadPoolExecutor(capacity)
+        self.done, self.lock = [], threading.Condition()
+        self.running = self.max_running = 0
+        self.submitted = []
+
+    def submit(self, spec):
+        self.submitted.append(spec)
+        if spec.key in self.lose:
+            return
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        self.pool.submit(self._run, spec)
+
+    def _run(self, spec):
+        outcome = self.data.evaluate(spec, self.should_stop)
+        with self.lock:
+            self.running -= 1
+            self.done.append(outcome)
+            self.lock.notify_all()
+
+    def collect(self, timeout_seconds):
+        with self.lock:
+            if not self.done:
+                self.lock.wait(timeout_seconds)
+            done, self.done = self.done, []
+        return done
+
+    def close(self):
+        self.pool.shutdown(wait=True)
+
+
+def test_rungs_only_on_large_data():
+    assert rungs_for(1_000, 5) == [Rung(None, 5)]
+    assert rungs_for(50_000, 3) == [Rung(5_555, 1), Rung(16_666, 1), Rung(None, 3)]
+    assert rungs_for(20_000, 3) == [Rung(2_222, 1), Rung(6_666, 1), Rung(None, 3)]
+
+
+def test_trial_on_a_subsample_rung_uses_one_fold_of_fewer_rows(monkeypatch):
+    monkeypatch.setattr(trials, "HALVING_FROM_ROWS", 900)
+    monkeypatch.setattr(trials, "HALVING_MIN_ROWS", 100)
+    data = prepare_trials(SearchRequest(frame(2_000), "label", holdout_fraction=0.2))
+    assert [r.rows for r in data.rungs] == [142, 426, None]
+    spec = TrialSpec(key=0, family="logistic_regression", params={"C": 1.0, "class_weight": None},
+                     rung=0, max_seconds=60, keep_oof=True)
+    outcome = data.evaluate(spec)
+    assert outcome.error is None and len(outcome.scores) == 1
+    assert outcome.oof is None  # only the full rung yields out-of-fold predictions
+    full = data.evaluate(TrialSpec(**{**spec.__dict__, "rung": 2}))
+    assert len(full.scores) == 5 and full.oof.shape == (1_600, 2)
+
+
+def test_successive_halving_prunes_and_complete_trials_use_every_fold(monkeypatch):
+    monkeypatch.setattr(trials, "HALVING_FROM_ROWS", 900)
+    monkeypatch.setattr(trials, "HALVING_MIN_ROWS", 100)
+    result = run_search(SearchRequest(frame(2_000), "label", budget_seconds=60, max_trials=14,
+                                      families=["logistic_regression", "knn",
+                                                "hist_gradient_boosting"]))
+    assert len(result.trials) == 14
+    pruned = [t for t in result.trials if t.pruned]
+    complete = [t for t in result.trials if t.cv_score is not None]
+    assert pruned and complete
+    assert all(t.folds == 5 for t in complete)
+    assert all(t.error.startswith("pruned") and t.cv_score is None for t in pruned)
+    assert result.best.cv_score == max(t.cv_score for t in complete) or \
+        result.best.family == "ensemble"
+
+
+def test_trials_run_two_at_a_time_on_a_parallel_executor():
+    made = []
+
+    def executor(data, should_stop):
+        made.append(ThreadedExecutor(data, should_stop, capacity=2))
+        return made[0]
+
+    result = run_search(SearchRequest(frame(400), "label", budget_seconds=60, max_trials=8,
+                                      families=["logistic_regression", "knn"]),
+                        executor=executor)
+    assert len(result.trials) == 8 and [t.number for t in result.trials] == list(range(8))
+    assert made[0].max_running == 2
+    assert result.best is not None and result.best.cv_score > 0.7
+
+
+def test_a_trial_whose_outcome_never_comes_is_recorded_as_lost(monkeypatch):
+    from nbml_server.domain.automl import search
+    monkeypatch.setattr(search, "LOST_TRIAL_GRACE_SECONDS", 0.5)
+
+    def executor(data, should_stop):
+        return ThreadedExecutor(data, should_stop, capacity=2, lose={1})
+
+    result = run_search(SearchRequest(frame(400), "label", budget_seconds=4,
+                                      families=["logistic_regression", "knn"]),
+                        executor=executor)
+    lost = [t for t in result.trials if t.error and t.error.startswith("lost")]
+    assert len(lost) == 1
+    assert result.best is not None
+    # The search did not wait for it past the budget and the grace.
+    assert result.search_seconds < 4 * 1.1 + 0.5 + 1
