@@ -120,6 +120,8 @@ def small_dataset(bob, tmp_path_factory):
     ("same", {}, "TARGET_SINGLE_CLASS"),
     ("y", {"budget_seconds": 1}, "BUDGET_OUT_OF_RANGE"),
     ("y", {"budget_seconds": 100_000}, "BUDGET_OUT_OF_RANGE"),
+    ("y", {"holdout_fraction": 0.6}, "HOLDOUT_FRACTION_OUT_OF_RANGE"),
+    ("y", {"holdout_fraction": -0.1}, "HOLDOUT_FRACTION_OUT_OF_RANGE"),
     ("y", {"metric": "rmse", "task": "classification"}, "UNKNOWN_METRIC"),
 ])
 def test_bad_training_requests(bob, small_dataset, target, kwargs, reason):

@@ -32,6 +32,32 @@ def test_sign_up_upload_train_leaderboard_deploy_predict(alice, trained, breast_
     assert set(predictions["prediction"]) <= {"malignant", "benign"}
 
 
+def test_train_on_every_row_without_holdout(alice):
+    import numpy as np
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=150), "c": rng.choice(["a", "b", "c"], 150)})
+    frame["y"] = 3 * frame["x"] + (frame["c"] == "b") + rng.normal(scale=0.1, size=150)
+    dataset = alice.upload_dataset(frame, name="no-holdout")
+    job = alice.train(dataset.name, "y", budget_seconds=5, holdout_fraction=0)
+    assert job.HasField("holdout_fraction") and job.holdout_fraction == 0.0
+    final = alice.wait_for_job(job.name)
+    assert final.state == trainer_service_pb2.JOB_STATE_SUCCEEDED, final.error
+    assert final.holdout_fraction == 0.0 and final.best_model
+    assert alice.get_job(job.name).holdout_fraction == 0.0
+
+    board = alice.leaderboard(job.name)
+    assert board.entries and board.best_model == final.best_model
+    for entry in board.entries:
+        assert entry.model.cv_score > 0  # rmse, cross-validated
+        assert entry.evaluation.holdout_rows == 0 and not entry.evaluation.metrics
+        assert not entry.evaluation.HasField("confusion_matrix")
+        assert not entry.evaluation.feature_importances
+    assert alice.evaluation(final.best_model).holdout_rows == 0
+    predicted = alice.predict(alice.deploy(final.best_model).name, frame.drop(columns="y").head(3))
+    assert len(predicted) == 3
+
+
 def test_stream_and_batch_predict(alice, trained, breast_cancer_features):
     frames = [breast_cancer_features.iloc[i:i + 10] for i in range(0, 30, 10)]
     streamed = list(alice.predict_stream(trained["endpoint"], frames))

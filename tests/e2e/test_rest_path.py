@@ -51,6 +51,7 @@ def test_rest_user_path(rest, carol, breast_cancer_csv, breast_cancer_features):
     assert watched.status_code == 200
     job = rest("GET", f"/v1/{job_name}", carol).json()
     assert job["state"] == "JOB_STATE_SUCCEEDED", job
+    assert job["holdout_fraction"] == 0.2  # unset: the default, resolved
 
     board = rest("GET", f"/v1/{job_name}/leaderboard", carol).json()
     assert board["best_model"] == job["best_model"]

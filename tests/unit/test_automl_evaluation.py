@@ -83,6 +83,21 @@ def test_evaluate_without_time_skips_importance():
     assert ev.metrics["accuracy"] == pytest.approx(4 / 6) and ev.feature_importances == []
 
 
+@pytest.mark.parametrize("task, metric", [("classification", "roc_auc"), ("regression", "rmse")])
+def test_evaluate_an_empty_holdout(task, metric):
+    # A job with holdout_fraction 0 stores a holdout frame without rows.
+    if task == "classification":
+        train = classification_holdout()
+        pipe = Pipeline([("model", ScoreColumnClassifier())]).fit(train, train["y"])
+    else:
+        train = pd.DataFrame({"pred": [1.0, 2.0], "y": [1.0, 2.0]})
+        pipe = Pipeline([("model", PredColumnRegressor())]).fit(train, train["y"])
+    ev = evaluate(pipe, train.iloc[:0], "y", task, metric)
+    assert ev.holdout_rows == 0 and ev.metrics == {}
+    assert ev.confusion_labels == [] and ev.confusion_counts == []
+    assert ev.feature_importances == []
+
+
 def test_predict_frame_classification_labels_follow_probabilities():
     holdout = classification_holdout()
     pipe = Pipeline([("model", ScoreColumnClassifier())]).fit(holdout, holdout["y"])

@@ -71,6 +71,14 @@ def test_train_options():
     args = parse_args(["train", "datasets/ds_1", "--target", "price", "--task", "regression",
                        "--metric", "mae", "--budget", "30", "--wait"], NO_ENV)
     assert (args.task, args.metric, args.budget, args.wait) == ("regression", "mae", 30, True)
+    assert args.holdout_fraction is None  # unset: the server's default
+
+
+@pytest.mark.parametrize("text, fraction", [("0", 0.0), ("0.25", 0.25), ("0.5", 0.5),
+                                            ("0.9", 0.9)])  # the server checks the range
+def test_train_holdout_fraction(text, fraction):
+    args = parse_args(["train", "ds_1", "--target", "y", "--holdout-fraction", text], NO_ENV)
+    assert args.holdout_fraction == fraction
 
 
 @pytest.mark.parametrize("argv, handler", [
@@ -118,6 +126,8 @@ def test_verb_arguments():
     ["train", "ds_1"],                       # --target is required
     ["train", "ds_1", "--target", "y", "--task", "clustering"],
     ["train", "ds_1", "--target", "y", "--budget", "soon"],
+    ["train", "ds_1", "--target", "y", "--holdout-fraction", "some"],
+    ["train", "ds_1", "--target", "y", "--holdout-fraction", "nan"],
     ["predict", "ep_1"],                     # --input is required
     ["activity", "--limit", "0"],
     ["up", "--port", "70000"],

@@ -420,6 +420,39 @@ def test_job_documents_use_lowercase_states_and_bare_ids():
     assert doc["state"] == "succeeded" and doc["task"] == "classification"
     assert doc["metric"] == "log_loss" and doc["best_model"] == "mdl_1" and doc["error"] is None
     assert doc["progress"]["trials_completed"] == 4
+    assert doc["holdout_fraction"] is None  # a server from before the option
+    job.holdout_fraction = 0.0
+    doc = render.job_doc(job)
+    assert doc["holdout_fraction"] == 0.0
+    assert "holdout:     none (trained on every row)" in render.job_text(doc)
+    job.holdout_fraction = 0.2
+    assert "holdout:     20% of the rows" in render.job_text(render.job_doc(job))
+
+
+def test_train_sends_the_holdout_fraction_only_when_given(client):
+    create = _Method(lambda request: request.training_job)
+    client._trainer = _Stub(CreateTrainingJob=create)
+    client.train("ds_1", "y")
+    client.train("ds_1", "y", holdout_fraction=0)
+    client.train("ds_1", "y", holdout_fraction=0.3)
+    sent = [request.training_job for request, _ in create.calls]
+    assert not sent[0].HasField("holdout_fraction")
+    assert sent[1].HasField("holdout_fraction") and sent[1].holdout_fraction == 0.0
+    assert sent[2].holdout_fraction == 0.3
+
+
+def test_leaderboard_without_holdout_metrics():
+    entry = evaluator_service_pb2.LeaderboardEntry(
+        rank=1, model=evaluator_service_pb2.Model(name="models/mdl_1", family="ridge",
+                                                  cv_score=0.9, best=True),
+        evaluation=evaluator_service_pb2.ModelEvaluation(name="models/mdl_1/evaluation"))
+    board = evaluator_service_pb2.Leaderboard(name="trainingJobs/job_1/leaderboard",
+                                              metric="rmse", entries=[entry],
+                                              best_model="models/mdl_1")
+    doc = render.leaderboard_doc(board, "job_1")
+    assert doc["models"][0]["holdout_metrics"] == {} and doc["models"][0]["cv_score"] == 0.9
+    text = render.leaderboard_text(doc)
+    assert "mdl_1" in text and "0.9000" in text and "no holdout metrics" in text
 
 
 # ------------------------------------------------------------------ credentials

@@ -4,9 +4,11 @@ state machine over the real SQLite table store."""
 import pytest
 
 from nbml_server.adapters.sqlite_table_store import SqliteTableStore
-from nbml_server.domain.jobs import (CANCELLED, DEFAULT_BUDGET_SECONDS, FAILED,
-                                     MAX_BUDGET_SECONDS, MIN_BUDGET_SECONDS, PENDING, RUNNING,
-                                     SUCCEEDED, Jobs, check_job_request, raise_violations)
+from nbml_server.domain.jobs import (CANCELLED, DEFAULT_BUDGET_SECONDS,
+                                     DEFAULT_HOLDOUT_FRACTION, FAILED, MAX_BUDGET_SECONDS,
+                                     MAX_HOLDOUT_FRACTION, MIN_BUDGET_SECONDS, PENDING, RUNNING,
+                                     SUCCEEDED, Jobs, check_job_request, holdout_fraction_of,
+                                     raise_violations)
 from nbml_server.errors import FailedPrecondition, InvalidArgument, NotFound
 
 COLUMNS = {
@@ -110,14 +112,36 @@ def test_budgets_out_of_range(budget):
     assert f"got {budget}" in description and "0 means 60" in description
 
 
+@pytest.mark.parametrize("fraction", [None, 0.0, -0.0, 0.01, 0.2, 0.5])
+def test_holdout_fractions_in_range(fraction):
+    assert (DEFAULT_HOLDOUT_FRACTION, MAX_HOLDOUT_FRACTION) == (0.2, 0.5)
+    assert check(holdout_fraction=fraction) == []
+
+
+@pytest.mark.parametrize("fraction", [-0.1, -1e-9, 0.500001, 0.9, 1.0, 20.0,
+                                      float("nan"), float("inf"), float("-inf")])
+def test_holdout_fractions_out_of_range(fraction):
+    [(field, description, reason)] = check(holdout_fraction=fraction)
+    assert (field, reason) == ("training_job.holdout_fraction", "HOLDOUT_FRACTION_OUT_OF_RANGE")
+    assert f"got {fraction}" in description and "unset means 0.2" in description
+
+
+def test_a_bad_holdout_fraction_is_invalid_argument_naming_the_field():
+    with pytest.raises(InvalidArgument) as e:
+        raise_violations(check(holdout_fraction=0.75))
+    assert e.value.reason == "HOLDOUT_FRACTION_OUT_OF_RANGE"
+    assert [v.field for v in e.value.violations] == ["training_job.holdout_fraction"]
+    assert e.value.message.startswith("training_job.holdout_fraction: must be 0 to 0.5")
+
+
 def test_several_violations_at_once_in_field_order():
     violations = check(target_column="nope", task="clustering", metric="nope",
-                       budget_seconds=3)
+                       budget_seconds=3, holdout_fraction=-1.0)
     assert [f for f, _, _ in violations] == [
         "training_job.target_column", "training_job.task", "training_job.metric",
-        "training_job.budget_seconds"]
+        "training_job.budget_seconds", "training_job.holdout_fraction"]
     assert reasons(violations) == ["UNKNOWN_TARGET_COLUMN", "UNKNOWN_TASK", "UNKNOWN_METRIC",
-                                   "BUDGET_OUT_OF_RANGE"]
+                                   "BUDGET_OUT_OF_RANGE", "HOLDOUT_FRACTION_OUT_OF_RANGE"]
 
 
 # -- raise_violations ------------------------------------------------------------------
@@ -172,6 +196,29 @@ def test_create_writes_a_pending_job_to_both_tables(jobs, store):
 
 def test_zero_budget_means_the_default(jobs):
     assert new_job(jobs, budget_seconds=0)["budget_seconds"] == DEFAULT_BUDGET_SECONDS == 60
+
+
+def test_holdout_fraction_is_stored_and_unset_means_the_default(jobs, store):
+    assert new_job(jobs)["holdout_fraction"] == DEFAULT_HOLDOUT_FRACTION
+    assert new_job(jobs, holdout_fraction=None)["holdout_fraction"] == DEFAULT_HOLDOUT_FRACTION
+    job = new_job(jobs, holdout_fraction=0.0)
+    assert store.get("jobs_by_id", job["job_id"], "")["holdout_fraction"] == 0.0
+    assert holdout_fraction_of(jobs.get("usr_a", job["job_id"])) == 0.0
+    assert holdout_fraction_of(new_job(jobs, holdout_fraction=0.35)) == 0.35
+
+
+def test_a_job_recorded_before_the_holdout_option_reads_as_the_default(jobs, store):
+    job = new_job(jobs)
+    old = {k: v for k, v in job.items() if k != "holdout_fraction"}
+    store.put("jobs_by_id", job["job_id"], "", old)
+    store.put("jobs_by_user", "usr_a", job["job_id"], old)
+    assert holdout_fraction_of(jobs.get("usr_a", job["job_id"])) == DEFAULT_HOLDOUT_FRACTION
+    assert holdout_fraction_of(jobs.get_by_id(job["job_id"])) == 0.2
+    # GetTrainingJob always answers with the resolved value.
+    from nbml_server.trainer.servicer import job_message
+    message = job_message(jobs.get("usr_a", job["job_id"]))
+    assert message.HasField("holdout_fraction") and message.holdout_fraction == 0.2
+    assert job_message(new_job(jobs, holdout_fraction=0.0)).HasField("holdout_fraction")
 
 
 def test_another_users_job_is_not_found(jobs):

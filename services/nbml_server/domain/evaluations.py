@@ -29,8 +29,13 @@ class Evaluations:
             return stored
 
     def _compute(self, model: dict) -> StoredEvaluation:
-        pipeline = automl.load_model(self.models.artifact(model))
         holdout = read_canonical(self.models.blobs.get(model["holdout_key"]))
+        if len(holdout) == 0:
+            # The job kept no holdout (holdout_fraction 0): nothing to measure, and no
+            # reason to load the model.
+            return StoredEvaluation(metrics={}, confusion_labels=[], confusion_counts=[],
+                                    feature_importances=[], holdout_rows=0)
+        pipeline = automl.load_model(self.models.artifact(model))
         result = automl.evaluate(pipeline, holdout, model["target_column"], model["task"],
                                  model["metric"], deadline=automl.Deadline(EVALUATION_SECONDS))
         return StoredEvaluation(

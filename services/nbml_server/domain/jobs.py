@@ -4,6 +4,7 @@ A job lives in `jobs_by_user` (listing) and `jobs_by_id` (workers find it by id 
 both copies are written on every change.
 """
 
+import math
 import time
 from collections.abc import Callable
 
@@ -19,12 +20,22 @@ TASKS = ("auto", "classification", "regression")
 CLASSIFICATION_METRICS = ("roc_auc", "log_loss", "accuracy", "f1")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 MIN_BUDGET_SECONDS, MAX_BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS = 5, 86400, 60
+# Share of the rows kept out of training to measure the models on. 0 trains on every
+# row (the leaderboard then has cross-validated scores only); more than half would
+# leave too little to learn from.
+MAX_HOLDOUT_FRACTION, DEFAULT_HOLDOUT_FRACTION = 0.5, 0.2
+
+
+def holdout_fraction_of(job: dict) -> float:
+    """The job's holdout fraction; jobs recorded before it was an option used 0.2."""
+    return float(job.get("holdout_fraction", DEFAULT_HOLDOUT_FRACTION))
 
 
 def check_job_request(*, target_column: str, task: str, metric: str, budget_seconds: int,
-                      columns: dict[str, dict]) -> list:
+                      columns: dict[str, dict], holdout_fraction: float | None = None) -> list:
     """(field, description, reason) for each problem of a job request, checked against
-    the data set's profile (column name -> column profile dict)."""
+    the data set's profile (column name -> column profile dict). A `holdout_fraction` of
+    None means the request left it unset."""
     violations = []
     if not target_column:
         violations.append(("training_job.target_column", "required", "TARGET_COLUMN_MISSING"))
@@ -51,6 +62,12 @@ def check_job_request(*, target_column: str, task: str, metric: str, budget_seco
                            f"must be {MIN_BUDGET_SECONDS} to {MAX_BUDGET_SECONDS} seconds "
                            f"(0 means {DEFAULT_BUDGET_SECONDS}), got {budget_seconds}",
                            "BUDGET_OUT_OF_RANGE"))
+    if holdout_fraction is not None and not (
+            math.isfinite(holdout_fraction) and 0 <= holdout_fraction <= MAX_HOLDOUT_FRACTION):
+        violations.append(("training_job.holdout_fraction",
+                           f"must be 0 to {MAX_HOLDOUT_FRACTION} (unset means "
+                           f"{DEFAULT_HOLDOUT_FRACTION}), got {holdout_fraction}",
+                           "HOLDOUT_FRACTION_OUT_OF_RANGE"))
     return violations
 
 
@@ -59,11 +76,13 @@ class Jobs:
         self.store = store
 
     def create(self, *, user_id: str, dataset_id: str, target_column: str, task: str,
-               metric: str, budget_seconds: int) -> dict:
+               metric: str, budget_seconds: int, holdout_fraction: float | None = None) -> dict:
         now = time.time()
         job = {"job_id": new_id("job"), "user_id": user_id, "dataset_id": dataset_id,
                "target_column": target_column, "task": task, "metric": metric,
                "budget_seconds": budget_seconds or DEFAULT_BUDGET_SECONDS,
+               "holdout_fraction": (DEFAULT_HOLDOUT_FRACTION if holdout_fraction is None
+                                    else float(holdout_fraction)),
                "state": PENDING, "resolved_task": "", "resolved_metric": "",
                "progress": {"trials_completed": 0, "best_score": 0.0,
                             "elapsed_seconds": 0.0, "stage": "queued"},

@@ -2,7 +2,8 @@
 
 from nbml.v1 import common_pb2, trainer_service_pb2 as pb, trainer_service_pb2_grpc
 from nbml_server.domain.dataset_catalog import DatasetCatalog
-from nbml_server.domain.jobs import TERMINAL, Jobs, check_job_request, raise_violations
+from nbml_server.domain.jobs import (TERMINAL, Jobs, check_job_request, holdout_fraction_of,
+                                     raise_violations)
 from nbml_server.domain.names import parse_name
 from nbml_server.domain.paging import list_page
 from nbml_server.platform.convert import text_params, timestamp
@@ -27,7 +28,8 @@ def job_message(job: dict) -> pb.TrainingJob:
     return pb.TrainingJob(
         name=f"trainingJobs/{job['job_id']}", dataset=f"datasets/{job['dataset_id']}",
         target_column=job["target_column"], task=TASK_ENUMS[job["task"]], metric=job["metric"],
-        budget_seconds=job["budget_seconds"], state=STATE_ENUMS[job["state"]],
+        budget_seconds=job["budget_seconds"], holdout_fraction=holdout_fraction_of(job),
+        state=STATE_ENUMS[job["state"]],
         resolved_task=TASK_ENUMS[job["resolved_task"]], resolved_metric=job["resolved_metric"],
         progress=pb.JobProgress(trials_completed=progress["trials_completed"],
                                 best_score=progress["best_score"],
@@ -61,13 +63,14 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         dataset_id = parse_name(spec.dataset, "datasets", "training_job.dataset")
         dataset = self.datasets.get(caller.user_id, dataset_id)
         task = TASK_NAMES.get(spec.task, "?")
+        holdout = spec.holdout_fraction if spec.HasField("holdout_fraction") else None
         raise_violations(check_job_request(
             target_column=spec.target_column, task=task, metric=spec.metric,
-            budget_seconds=spec.budget_seconds,
+            budget_seconds=spec.budget_seconds, holdout_fraction=holdout,
             columns=self.datasets.column_profiles(dataset)))
         job = self.jobs.create(user_id=caller.user_id, dataset_id=dataset_id,
                                target_column=spec.target_column, task=task, metric=spec.metric,
-                               budget_seconds=spec.budget_seconds)
+                               budget_seconds=spec.budget_seconds, holdout_fraction=holdout)
         try:
             self.events.requested(job)
         except Exception:

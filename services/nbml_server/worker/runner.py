@@ -10,7 +10,8 @@ import time
 from nbml_server.domain import automl
 from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.datasets import write_canonical
-from nbml_server.domain.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, Jobs
+from nbml_server.domain.jobs import (CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, Jobs,
+                                     holdout_fraction_of)
 from nbml_server.domain.model_registry import ModelRegistry, holdout_key
 from nbml_server.errors import DomainError, Unavailable
 from nbml_server.ids import new_id
@@ -79,6 +80,7 @@ class JobRunner:
             automl.SearchRequest(frame=frame, target=job["target_column"], task=job["task"],
                                  metric=job["metric"] or None,
                                  budget_seconds=float(job["budget_seconds"]),
+                                 holdout_fraction=holdout_fraction_of(job),
                                  column_types=column_types),
             on_trial=on_trial, on_progress=on_progress,
             should_stop=self._cancel_checker(job_id))

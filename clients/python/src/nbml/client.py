@@ -675,12 +675,16 @@ class Client:
 
     # -------------------------------------------------------------- training
     def train(self, dataset_id: str, target: str, task: str | int = "auto",
-              metric: str | None = None, budget_seconds: int = 60
-              ) -> trainer_service_pb2.TrainingJob:
-        """Starts a training job (returns at once, PENDING)."""
+              metric: str | None = None, budget_seconds: int = 60,
+              holdout_fraction: float | None = None) -> trainer_service_pb2.TrainingJob:
+        """Starts a training job (returns at once, PENDING). ``holdout_fraction``: share
+        of the rows kept out of training to measure the models on, 0 to 0.5 (None: the
+        server's default, 0.2; 0: train on every row, cross-validated scores only)."""
         job = trainer_service_pb2.TrainingJob(
             dataset=resource_name("datasets", dataset_id), target_column=target,
             task=task_from_str(task), metric=metric or "", budget_seconds=int(budget_seconds or 0))
+        if holdout_fraction is not None:
+            job.holdout_fraction = float(holdout_fraction)
         return self._unary(self._trainer.CreateTrainingJob,
                            trainer_service_pb2.CreateTrainingJobRequest(training_job=job))
 

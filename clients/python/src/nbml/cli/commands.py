@@ -251,7 +251,7 @@ def _finish(client: Client, job: trainer_service_pb2.TrainingJob, out: Output) -
 def train(args: Namespace, out: Output) -> int:
     with make_client(args) as client:
         job = client.train(args.dataset_id, args.target, task=args.task, metric=args.metric,
-                           budget_seconds=args.budget)
+                           budget_seconds=args.budget, holdout_fraction=args.holdout_fraction)
         job_id = resource_id(job.name)
         if not args.wait:
             out.emit(render.job_doc(job), job_id)

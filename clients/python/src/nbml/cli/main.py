@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
     return value
 
 
@@ -122,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="roc_auc, log_loss, accuracy, f1, rmse, mae or r2 (default: by task)")
     p.add_argument("--budget", type=_positive_int, default=60, metavar="SECONDS",
                    help="search time budget in seconds (default 60)")
+    # The server checks the range (it owns the limits).
+    p.add_argument("--holdout-fraction", type=_finite_float, default=None, metavar="F",
+                   help="share of the rows kept out of training to measure the models on, "
+                        "0 to 0.5 (default 0.2); 0 trains on every row and the leaderboard "
+                        "shows cross-validated scores only")
     p.add_argument("--wait", action="store_true",
                    help="wait for the job, show progress, then the leaderboard")
 

@@ -49,6 +49,14 @@ def fmt_score(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
+def fmt_holdout(fraction: float | None) -> str:
+    if fraction is None:
+        return "-"
+    if fraction == 0:
+        return "none (trained on every row)"
+    return f"{fraction * 100:g}% of the rows"
+
+
 def fmt_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
@@ -128,6 +136,9 @@ def job_doc(job: Any) -> dict[str, Any]:
         "task": task_to_str(job.resolved_task) or task_to_str(job.task),
         "metric": job.resolved_metric or job.metric or None,
         "budget_seconds": job.budget_seconds,
+        # None from a server that predates the option.
+        "holdout_fraction": (num(job.holdout_fraction) if job.HasField("holdout_fraction")
+                             else None),
         "progress": {
             "trials_completed": p.trials_completed,
             "best_score": num(p.best_score) if p.trials_completed else None,
@@ -250,6 +261,9 @@ def leaderboard_text(doc: dict[str, Any]) -> str:
              f"best model {doc['best_model'] or '-'}  "
              f"trials {len(doc['trials'])}" + (f" ({failed} failed)" if failed else "")]
     lines.append(table(headers, rows) if rows else "(no models)")
+    if rows and not metrics:
+        lines.append("no holdout metrics (the job kept no holdout rows): "
+                     "the scores are cross-validated")
     return "\n".join(lines)
 
 
@@ -295,6 +309,7 @@ def job_text(doc: dict[str, Any]) -> str:
         f"task:        {doc['task'] or '-'}",
         f"metric:      {doc['metric'] or '-'}",
         f"budget:      {doc['budget_seconds']}s",
+        f"holdout:     {fmt_holdout(doc.get('holdout_fraction'))}",
         f"progress:    {p['trials_completed']} trials, best {fmt_score(p['best_score'])}, "
         f"{fmt_score(p['elapsed_seconds'], 0)}s" + (f", {p['stage']}" if p["stage"] else ""),
         f"best model:  {doc['best_model'] or '-'}",

@@ -41,7 +41,7 @@ class JobProgress(_message.Message):
     def __init__(self, trials_completed: _Optional[int] = ..., best_score: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "dataset", "target_column", "task", "metric", "budget_seconds", "state", "resolved_task", "resolved_metric", "progress", "error", "best_model", "create_time", "update_time")
+    __slots__ = ("name", "dataset", "target_column", "task", "metric", "budget_seconds", "state", "resolved_task", "resolved_metric", "progress", "error", "best_model", "create_time", "update_time", "holdout_fraction")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     TARGET_COLUMN_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class TrainingJob(_message.Message):
     BEST_MODEL_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset: str
     target_column: str
@@ -70,7 +71,8 @@ class TrainingJob(_message.Message):
     best_model: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., target_column: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., metric: _Optional[str] = ..., budget_seconds: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., resolved_task: _Optional[_Union[_common_pb2.Task, str]] = ..., resolved_metric: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., best_model: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    holdout_fraction: float
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., target_column: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., metric: _Optional[str] = ..., budget_seconds: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., resolved_task: _Optional[_Union[_common_pb2.Task, str]] = ..., resolved_metric: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., best_model: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holdout_fraction: _Optional[float] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
     __slots__ = ("training_job",)
