@@ -3,10 +3,10 @@
 skops loads the types it considers safe by default (plain containers, numpy arrays,
 most scikit-learn estimators) and reports the others as untrusted. We accept an
 artifact only if every type it reports is named in ALLOWED_TYPES, a list written
-here by hand from what our pipelines contain (the learners in `learners.py` and
-the transformers in `transformers.py`) and from `ensemble.WeightedEnsemble`, the
-one stored model that is not a Pipeline (it holds member Pipelines); anything else
-is refused with FailedPrecondition(UNTRUSTED_ARTIFACT).
+here by hand from what our pipelines contain (the learners in `learners.py`, the
+transformers in `transformers.py`, the estimators in `estimators.py`) and from
+`ensemble.WeightedEnsemble`, the one stored model that is not a Pipeline (it holds
+member Pipelines); anything else is refused with FailedPrecondition(UNTRUSTED_ARTIFACT).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ ALLOWED_TYPES: frozenset[str] = frozenset({
     _OWN + "SchemaCoercer",
     _OWN + "DatePartsTransformer",
     _OWN + "TextStatsTransformer",
+    "nbml_server.domain.automl.estimators.LabelEncodedClassifier",  # xgboost (classification)
     "nbml_server.domain.automl.ensemble.WeightedEnsemble",
     # numpy.
     "numpy.dtype",
@@ -40,6 +41,16 @@ ALLOWED_TYPES: frozenset[str] = frozenset({
     "sklearn.metrics._dist_metrics.EuclideanDistance32",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",  # mlp
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    # LightGBM and XGBoost (optional families): the scikit-learn wrappers and their
+    # Boosters, which load from the library's own model format (text for LightGBM, UBJSON
+    # for XGBoost), not from pickle. OrderedDict: the factory of LightGBM's best_score.
+    "lightgbm.sklearn.LGBMClassifier",
+    "lightgbm.sklearn.LGBMRegressor",
+    "lightgbm.basic.Booster",
+    "collections.OrderedDict",
+    "xgboost.sklearn.XGBClassifier",
+    "xgboost.sklearn.XGBRegressor",
+    "xgboost.core.Booster",
 })
 
 
