@@ -110,7 +110,7 @@ def test_trials_run_two_at_a_time_on_a_parallel_executor():
     assert result.best is not None and result.best.cv_score > 0.7
 
 
-def test_a_trial_whose_outcome_never_comes_is_recorded_as_lost(monkeypatch):
+def test_a_trial_whose_outcome_never_comes_is_recorded_as_failed(monkeypatch):
     from nbml_server.domain.automl import search
     monkeypatch.setattr(search, "LOST_TRIAL_GRACE_SECONDS", 0.5)
 
@@ -120,8 +120,9 @@ def test_a_trial_whose_outcome_never_comes_is_recorded_as_lost(monkeypatch):
     result = run_search(SearchRequest(frame(400), "label", budget_seconds=4,
                                       families=["logistic_regression", "knn"]),
                         executor=executor)
-    lost = [t for t in result.trials if t.error and t.error.startswith("lost")]
-    assert len(lost) == 1
+    # Declared lost after its time share and the grace, or given up at budget * 1.1,
+    # whichever comes first.
+    failed = [t for t in result.trials if t.error and t.error.startswith(("lost", "stopped"))]
+    assert len(failed) == 1 and failed[0].cv_score is None
     assert result.best is not None
-    # The search did not wait for it past the budget and the grace.
-    assert result.search_seconds < 4 * 1.1 + 0.5 + 1
+    assert result.search_seconds < 4 * 1.1 + 1
