@@ -255,6 +255,52 @@ def test_messages_survive_reopening_the_bus(factory, topic, group):
     subscription.close()
 
 
+def _eventually(condition, timeout: float = WAIT) -> bool:
+    """True once `condition()` is (a group's membership settles asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_messages_of_one_lane_keep_their_order(bus, topic, group):
+    for n in range(12):
+        bus.publish(topic, f"key-{n}", f"{n % 3}:{n}".encode(), lane=n % 3)
+    subscription = bus.subscribe(topic, group)
+    messages = poll_n(subscription, 12)
+    assert sorted(int(m.value.split(b":")[1]) for m in messages) == list(range(12))
+    for lane in (b"0", b"1", b"2"):
+        numbers = [int(m.value.split(b":")[1]) for m in messages
+                   if m.value.split(b":")[0] == lane]
+        assert numbers == sorted(numbers) and len(numbers) == 4
+    subscription.close()
+    with pytest.raises(ValueError):
+        bus.publish(topic, "k", b"x", lane=-1)
+
+
+def test_group_members_counts_the_open_subscription(bus, topic, group):
+    bus.publish(topic, "k", b"x")
+    assert bus.group_members(group, topic) == 0
+    subscription = bus.subscribe(topic, group)
+    assert _values(poll_n(subscription, 1)) == [b"x"]  # a member with its share
+    assert _eventually(lambda: bus.group_members(group, topic) == 1)
+    assert bus.group_members(f"{group}-other", topic) == 0
+    subscription.close()
+    assert _eventually(lambda: bus.group_members(group, topic) == 0)
+
+
+def test_group_members_is_seen_by_another_client(factory, topic, group):
+    consumer, observer = factory(), factory()
+    consumer.publish(topic, "k", b"x")
+    subscription = consumer.subscribe(topic, group)
+    poll_n(subscription, 1)
+    assert _eventually(lambda: observer.group_members(group, topic) == 1)
+    subscription.close()
+    assert _eventually(lambda: observer.group_members(group, topic) == 0)
+
+
 # SQLite specifics: another process publishing to the same file.
 
 _PUBLISHER = """
@@ -278,5 +324,65 @@ def test_sqlite_messages_from_another_process_arrive(tmp_path, topic, group):
             assert _values(poll_n(subscription, 50)) == [str(n).encode() for n in range(50)]
         finally:
             assert publisher.wait(timeout=30) == 0
+    finally:
+        bus.close()
+
+
+_SUBSCRIBER = """
+import sys
+from nbml_server.adapters.sqlite_event_bus import SqliteEventBus
+bus = SqliteEventBus(sys.argv[1])
+bus.subscribe(sys.argv[2], sys.argv[3])
+print("SUBSCRIBED", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_sqlite_group_members_forgets_a_killed_process(tmp_path, topic, group):
+    path = tmp_path / "bus.db"
+    bus = SqliteEventBus(path)
+    try:
+        member = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER, str(path), topic, group],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert member.stdout.readline().strip() == "SUBSCRIBED"
+            assert bus.group_members(group, topic) == 1
+        finally:
+            member.kill()
+            member.wait()
+            member.stdin.close()
+            member.stdout.close()
+        assert bus.group_members(group, topic) == 0  # died without closing
+        # Two open subscriptions do not split the messages: still one share.
+        first, second = bus.subscribe(topic, group), bus.subscribe(topic, group)
+        assert bus.group_members(group, topic) == 1
+        first.close()
+        second.close()
+    finally:
+        bus.close()
+
+
+def test_sqlite_drops_expired_messages_of_a_topic_with_a_retention(tmp_path, monkeypatch,
+                                                                   group):
+    from nbml_server.adapters import sqlite_event_bus
+    from nbml_server.ports import event_bus
+
+    topic = "short-lived"
+    monkeypatch.setitem(event_bus.TOPICS, topic, event_bus.TopicOptions(retention_seconds=60))
+    now = [1_000_000.0]
+    monkeypatch.setattr(sqlite_event_bus.time, "time", lambda: now[0])
+    bus = SqliteEventBus(tmp_path / "bus.db")
+    try:
+        bus.publish(topic, "k", b"old")
+        bus.publish("long-lived", "k", b"kept")
+        now[0] += 61
+        bus.publish(topic, "k", b"new")  # at most one prune a minute: none yet
+        subscription = bus.subscribe(topic, group)  # a new group prunes first
+        assert _values(poll_n(subscription, 1)) == [b"new"]
+        assert subscription.poll(0.1) == []
+        subscription.close()
+        other = bus.subscribe("long-lived", group)
+        assert _values(poll_n(other, 1)) == [b"kept"]
+        other.close()
     finally:
         bus.close()

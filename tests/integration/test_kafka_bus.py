@@ -98,6 +98,32 @@ def test_topics_get_the_partitions_asked_for(open_bus, kafka_broker, topic):
         admin.close()
 
 
+def test_a_topic_s_options_set_its_partitions_and_retention(open_bus, kafka_broker, topic,
+                                                           monkeypatch):
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from nbml_server.ports import event_bus
+
+    monkeypatch.setitem(event_bus.TOPICS, topic,
+                        event_bus.TopicOptions(min_partitions=7, retention_seconds=60))
+    open_bus("partitions=5").publish(topic, "k", b"x", lane=9)  # lane 9 -> partition 2
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        [described] = admin.describe_topics([topic])
+        assert len(described["partitions"]) == 7  # more than the bus's 5
+        configs = admin.describe_configs([ConfigResource(
+            ConfigResourceType.TOPIC, topic, configs=["retention.ms", "segment.ms"])])
+        values = {k: v["value"] for k, v in configs["topic"][topic].items()}
+        assert values == {"retention.ms": "60000", "segment.ms": "15000"}
+    finally:
+        admin.close()
+    subscription = open_bus().subscribe(topic, f"group-{topic}")
+    [message] = poll_n(subscription, 1)
+    assert message.partition == 2
+    subscription.close()
+
+
 def test_same_key_keeps_order_across_partitions(open_bus, topic, group):
     bus = open_bus()
     keys = [f"job-{n}" for n in range(8)]
@@ -176,6 +202,38 @@ def test_two_members_of_a_group_split_partitions_and_handle_each_message_once(
     assert all(member.handled for member in members)  # both did work
     for member in members:
         assert {m.partition for m in member.handled} <= member.assignment
+
+
+def test_lanes_go_to_different_members_and_group_members_counts_them(open_bus, topic, group):
+    """No head-of-line blocking: a publisher with one message out per lane and as many
+    lanes as members (as the trial fan-out does) reaches every member each round.
+    (By key, two messages land on one member about half the time.)"""
+    bus = open_bus("partitions=24&session_timeout_ms=2000")
+    bus.subscribe(topic, f"{group}-other").close()  # creates the topic (24 partitions)
+    members = [_Member(open_bus(), topic, group) for _ in range(2)]
+    for member in members:
+        member.start()
+    try:
+        _wait_until(lambda: all(m.assignment for m in members)
+                    and sum(len(m.assignment) for m in members) == 24
+                    and bus.group_members(group, topic) == 2,
+                    timeout=REBALANCE_WAIT, what="both members to get partitions")
+        for n in range(10):
+            handled = sum(len(m.handled) for m in members)
+            for lane in (0, 1):
+                bus.publish(topic, "job", f"{n}:{lane}".encode(), lane=lane)
+            _wait_until(lambda: sum(len(m.handled) for m in members) == handled + 2,
+                        what=f"round {n} to be handled")
+    finally:
+        for member in members:
+            member.stopping.set()
+        for member in members:
+            member.join(10)
+    for member in members:
+        lanes = {m.value.split(b":")[1] for m in member.handled}
+        assert len(member.handled) == 10 and len(lanes) == 1  # one lane each, every round
+    assert {m.partition for member in members for m in member.handled} == {0, 1}
+    _wait_until(lambda: bus.group_members(group, topic) == 0, what="the members to leave")
 
 
 def test_uncommitted_messages_go_to_another_member_when_the_first_closes(

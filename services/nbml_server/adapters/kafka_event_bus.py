@@ -16,20 +16,28 @@ URI: `kafka://host:port[,host2:port2]` with optional query parameters:
 
 Mapping of the port:
 
-- `publish` creates the topic on first use (`partitions` partitions; an existing topic
-  is kept as it is), then sends one keyed message with acks=all and waits for its
-  acknowledgement: a publish that returned is durable. Messages with the same key go
-  to the same partition, so they keep their order. One producer per bus, shared by
-  threads (kafka-python's producer is thread-safe). After a failed publish the
-  producer is replaced, so a message that timed out is not sent later behind the
-  caller's back.
+- `publish` creates the topic on first use (`partitions` partitions, or the topic's
+  `min_partitions` from `ports.event_bus.TOPICS` when larger, and its retention as
+  `retention.ms`, with `segment.ms` a quarter of it since Kafka deletes whole
+  segments; an existing topic is kept as it is), then sends one keyed message with
+  acks=all and waits for its acknowledgement: a publish that returned is durable.
+  Messages with the same key go to the same partition, so they keep their order; a
+  message with a `lane` goes to partition lane mod the topic's partition count. One
+  producer per bus, shared by threads (kafka-python's producer is thread-safe).
+  After a failed publish the producer is replaced, so a message that timed out is
+  not sent later behind the caller's back.
 - `subscribe` opens a KafkaConsumer of its own per subscription, in consumer group
   `group`, without auto-commit, starting at the earliest message when the group has
-  no committed offset. `poll` returns messages with their partition and offset;
+  no committed offset. Partitions are assigned round-robin (member i of n, sorted by
+  member id, gets partitions i, i + n, ...), so lanes 0..n-1 go to n different
+  members. `poll` returns messages with their partition and offset;
   `commit(message)` synchronously commits offset + 1 of the message's partition, and
   never moves a partition's committed offset back (a late commit of an earlier
   message is skipped). Closing without committing leaves the messages to the next
   member of the group.
+- `group_members` asks the group coordinator (the admin client's DescribeGroups):
+  the members with partitions of the topic when the group is stable; while it
+  rebalances, its members, at most the topic's partition count.
 
 Limits (Kafka's classic consumer group protocol, as kafka-python speaks it):
 
@@ -51,10 +59,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import kafka.errors as kafka_errors
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from nbml_server.errors import Unavailable
-from nbml_server.ports.event_bus import EventBus, Message, Subscription
+from nbml_server.ports.event_bus import EventBus, Message, Subscription, topic_options
 
 log = logging.getLogger("nbml.kafka_event_bus")
 
@@ -75,6 +85,9 @@ _NO_BROKERS = tuple(getattr(kafka_errors, name) for name in ("NoBrokersAvailable
 _REBALANCED = tuple(getattr(kafka_errors, name) for name in (
     "CommitFailedError", "RebalanceInProgressError", "IllegalGenerationError",
     "UnknownMemberIdError", "FencedInstanceIdError") if hasattr(kafka_errors, name))
+
+# How describe_groups reports an unknown group (its errors come as text).
+_GROUP_NOT_FOUND = f"[Error {kafka_errors.GroupIdNotFoundError.errno}]"
 
 
 def from_uri(uri: str) -> "KafkaEventBus":
@@ -141,17 +154,23 @@ class KafkaEventBus(EventBus):
         self._producer: KafkaProducer | None = None
         self._admin: KafkaAdminClient | None = None
         self._topics: set[str] = set()  # known to exist
+        self._partition_counts: dict[str, int] = {}  # of topics published to by lane
         self._subscriptions: set["_KafkaSubscription"] = set()
         self._closed = False
 
     # The port.
 
-    def publish(self, topic: str, key: str, value: bytes) -> None:
+    def publish(self, topic: str, key: str, value: bytes, *, lane: int | None = None) -> None:
+        if lane is not None and lane < 0:
+            raise ValueError(f"lane must be >= 0, got {lane}")
         self._ensure_topic(topic)
         producer = self._get_producer()
         try:
             with _unavailable(self.bootstrap, f"publish to {topic!r}"):
-                future = producer.send(topic, key=key.encode("utf-8"), value=bytes(value))
+                partition = None if lane is None else lane % self._partition_count(producer,
+                                                                                   topic)
+                future = producer.send(topic, key=key.encode("utf-8"), value=bytes(value),
+                                       partition=partition)
                 # Waits for this message's acknowledgement (acks=all), as flush() would,
                 # without waiting for other threads' messages.
                 future.get(timeout=self.timeout_ms / 1000 + 1.0)
@@ -166,6 +185,30 @@ class KafkaEventBus(EventBus):
         with self._lock:
             self._subscriptions.add(subscription)
         return subscription
+
+    def group_members(self, group: str, topic: str) -> int:
+        self._check_open()
+        with self._lock:
+            with _unavailable(self.bootstrap, f"describe consumer group {group!r}"):
+                try:
+                    described = self._get_admin().describe_groups([group])[group]
+                except kafka_errors.CoordinatorNotAvailableError:
+                    return 0  # no group has ever formed on this cluster yet
+        error = described.get("error")
+        if error and _GROUP_NOT_FOUND in error:
+            return 0  # Kafka 4 says so of a group without members or offsets
+        if error:
+            raise Unavailable(f"could not describe consumer group {group!r} on {self.bootstrap}"
+                              f": {described['error']}")
+        members = described.get("members") or []
+        if described.get("group_state") == "Stable":
+            return sum(1 for m in members if any(
+                a.get("topic") == topic and a.get("partitions")
+                for a in (m.get("member_assignment") or {}).get("assigned_partitions", [])
+                if isinstance(a, dict)))
+        subscribed = [m for m in members if topic in
+                      ((m.get("member_metadata") or {}).get("topics") or [topic])]
+        return min(len(subscribed), self._topic_partitions(topic)) if subscribed else 0
 
     def close(self) -> None:
         with self._lock:
@@ -216,6 +259,35 @@ class KafkaEventBus(EventBus):
         with contextlib.suppress(Exception):
             producer.close(timeout=0)
 
+    def _get_admin(self) -> KafkaAdminClient:
+        """The admin client; the caller holds `_lock`."""
+        if self._admin is None:
+            self._admin = KafkaAdminClient(**self._client_config("admin"))
+        return self._admin
+
+    def _partition_count(self, producer: KafkaProducer, topic: str) -> int:
+        count = self._partition_counts.get(topic)
+        if count is None:
+            # Waits (up to max_block_ms) for the topic's metadata.
+            count = len(producer.partitions_for(topic) or ()) or 1
+            self._partition_counts[topic] = count
+        return count
+
+    def _topic_partitions(self, topic: str) -> int:
+        with self._lock, _unavailable(self.bootstrap, f"describe topic {topic!r}"):
+            described = self._get_admin().describe_topics([topic])
+        return max(1, len(described[0].get("partitions") or ())) if described else 1
+
+    def _new_topic(self, topic: str) -> dict:
+        options = topic_options(topic)
+        spec = {"num_partitions": max(self.partitions, options.min_partitions),
+                "replication_factor": self.replication_factor}
+        if options.retention_seconds is not None:
+            retention_ms = int(options.retention_seconds * 1000)
+            spec["configs"] = {"retention.ms": str(retention_ms),
+                               "segment.ms": str(max(1000, retention_ms // 4))}
+        return spec
+
     def _ensure_topic(self, topic: str) -> None:
         if topic in self._topics:
             return
@@ -225,19 +297,16 @@ class KafkaEventBus(EventBus):
                 return
             try:
                 with _unavailable(self.bootstrap, f"create topic {topic!r}"):
-                    if self._admin is None:
-                        self._admin = KafkaAdminClient(**self._client_config("admin"))
+                    admin = self._get_admin()
                     try:
-                        self._admin.create_topics(
-                            {topic: {"num_partitions": self.partitions,
-                                     "replication_factor": self.replication_factor}},
-                            timeout_ms=self.timeout_ms)
+                        admin.create_topics({topic: self._new_topic(topic)},
+                                            timeout_ms=self.timeout_ms)
                     except kafka_errors.TopicAlreadyExistsError:
                         pass
-                    else:
-                        # Created: wait until every partition has a leader, so the first
-                        # publish does not wait for metadata.
-                        self._admin.wait_for_topics([topic], timeout_ms=self.timeout_ms)
+                    # Wait until every partition has a leader (also when another client
+                    # has just created the topic), so the first publish does not wait for
+                    # metadata and a group's first assignment sees every partition.
+                    admin.wait_for_topics([topic], timeout_ms=self.timeout_ms)
             except Unavailable:
                 admin, self._admin = self._admin, None
                 if admin is not None:
@@ -269,6 +338,8 @@ class _KafkaSubscription(Subscription):
                 **bus._client_config(f"consumer-{group}"),
                 group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
                 allow_auto_create_topics=False,
+                partition_assignment_strategy=(RoundRobinPartitionAssignor,
+                                               RangePartitionAssignor),
                 session_timeout_ms=session,
                 heartbeat_interval_ms=max(100, min(3000, session // 3)),
                 max_poll_interval_ms=bus.max_poll_interval_ms,

@@ -72,3 +72,55 @@ class JobFailed(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     error: str
     def __init__(self, error: _Optional[str] = ...) -> None: ...
+
+class TrialRequest(_message.Message):
+    __slots__ = ("training_job", "user_id", "attempt", "key", "family", "params_json", "rung", "max_seconds", "must_finish", "keep_oof", "time")
+    TRAINING_JOB_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    RUNG_FIELD_NUMBER: _ClassVar[int]
+    MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MUST_FINISH_FIELD_NUMBER: _ClassVar[int]
+    KEEP_OOF_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    training_job: str
+    user_id: str
+    attempt: int
+    key: int
+    family: str
+    params_json: str
+    rung: int
+    max_seconds: float
+    must_finish: bool
+    keep_oof: bool
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, training_job: _Optional[str] = ..., user_id: _Optional[str] = ..., attempt: _Optional[int] = ..., key: _Optional[int] = ..., family: _Optional[str] = ..., params_json: _Optional[str] = ..., rung: _Optional[int] = ..., max_seconds: _Optional[float] = ..., must_finish: _Optional[bool] = ..., keep_oof: _Optional[bool] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TrialOutcome(_message.Message):
+    __slots__ = ("training_job", "user_id", "attempt", "key", "rung", "scores", "fit_seconds", "error", "worker", "oof_blob", "queued_seconds")
+    TRAINING_JOB_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RUNG_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    FIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    OOF_BLOB_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    training_job: str
+    user_id: str
+    attempt: int
+    key: int
+    rung: int
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    fit_seconds: float
+    error: str
+    worker: str
+    oof_blob: str
+    queued_seconds: float
+    def __init__(self, training_job: _Optional[str] = ..., user_id: _Optional[str] = ..., attempt: _Optional[int] = ..., key: _Optional[int] = ..., rung: _Optional[int] = ..., scores: _Optional[_Iterable[float]] = ..., fit_seconds: _Optional[float] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ..., oof_blob: _Optional[str] = ..., queued_seconds: _Optional[float] = ...) -> None: ...
