@@ -1,5 +1,6 @@
 """Typed settings from `NBML_*` environment variables, validated at start."""
 
+import os
 import pathlib
 
 import platformdirs
@@ -9,6 +10,34 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 def default_home() -> pathlib.Path:
     return pathlib.Path(platformdirs.user_data_dir("nbml"))
+
+
+# A trial process's libraries alone (numpy, scikit-learn, LightGBM, XGBoost) take
+# about 300 MiB of its memory share.
+MIN_TRIAL_MEMORY_MB = 512
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory, or the container's (cgroup v2 or v1) limit when lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        total = None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = pathlib.Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (total is None or int(text) < total):
+            total = int(text)
+    return total
+
+
+def default_trial_memory_mb() -> int:
+    """Half the machine's memory: the worker keeps its own copy of the job's data (and
+    refits the best models on it) beside the trial process."""
+    total = machine_memory_bytes()
+    return max(MIN_TRIAL_MEMORY_MB, total // 2 // 2**20) if total else 0
 
 
 class Settings(BaseSettings):
@@ -29,12 +58,32 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     # How many loaded models a predictor keeps in memory.
     model_cache_size: int = Field(default=16, ge=1)
+    # Workers fan each job's trials out to every worker over the bus (false: a job's
+    # trials run in the thread of the worker that runs the job).
+    trial_fanout: bool = True
+    # Memory share of a trial, in MiB (the limit on the child process a worker runs
+    # trials in: RLIMIT_DATA); a trial that needs more fails, the job goes on.
+    # Default: half the machine's memory (or of its container's limit); 0: unlimited.
+    trial_memory_mb: int = Field(default_factory=default_trial_memory_mb, ge=0)
     log_level: str = "INFO"
 
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: pathlib.Path) -> pathlib.Path:
         return value.expanduser().resolve()
+
+    @field_validator("trial_memory_mb")
+    @classmethod
+    def _enough_trial_memory(cls, value: int) -> int:
+        if 0 < value < MIN_TRIAL_MEMORY_MB:
+            raise ValueError(f"must be 0 (unlimited) or at least {MIN_TRIAL_MEMORY_MB} MiB: "
+                             "the libraries of a trial process take about 300 MiB")
+        return value
+
+    @property
+    def trial_memory_bytes(self) -> int | None:
+        """The trial memory share in bytes; None: unlimited."""
+        return self.trial_memory_mb * 2**20 or None
 
     @property
     def store_uri(self) -> str:

@@ -3,6 +3,12 @@
 The offset is committed only after the job's outcome is recorded, so a worker that dies
 mid-job leaves the event to be delivered again (at least once). An event whose handling
 raises is moved to the dead-letter topic with the reason, and committed.
+
+Beside the jobs, a thread runs trials for any job (`trial_runner`): the worker running
+a job coordinates its search and fans its trials out to every worker's trial runner
+over the bus (`trial_fanout`), its own included. The runner evaluates each trial in a
+child process under the trial memory share (`isolation`). `NBML_TRIAL_FANOUT=false`
+keeps each job's trials in the thread that runs the job.
 """
 
 import base64
@@ -12,6 +18,8 @@ import os
 import socket
 import threading
 
+from nbml_server.domain.automl import quiet_warnings
+from nbml_server.domain.automl.search import LOST_TRIAL_GRACE_SECONDS
 from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.jobs import Jobs
 from nbml_server.errors import Unavailable
@@ -20,23 +28,55 @@ from nbml_server.platform.events import JobEventPublisher, decode
 from nbml_server.platform.server import configure_logging, open_platform, stop_on_signals
 from nbml_server.ports.event_bus import DEAD_LETTER_TOPIC, TRAINING_JOBS_TOPIC
 from nbml_server.settings import Settings
+from nbml_server.worker.isolation import IsolatedEvaluator
 from nbml_server.worker.runner import JobRunner
+from nbml_server.worker.trial_fanout import TrialDataCache, fanout_executor
+from nbml_server.worker.trial_runner import TrialRunner
 
 log = logging.getLogger("nbml.worker")
 CONSUMER_GROUP = "trainer-workers"
 RETRY_SECONDS = 2.0
+TRIAL_RUNNER_START_SECONDS = 30.0
+TRIAL_RUNNER_STOP_SECONDS = 10.0
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
     platform = open_platform(settings)
+    # Fitting many configurations warns by the hundred; this process does only that.
+    # Set once, before any thread starts (warnings filters are process-wide).
+    quiet_warnings()
     events = JobEventPublisher(platform.bus)
-    runner = JobRunner(Jobs(platform.store), DatasetCatalog(platform.store, platform.blobs),
-                       ModelRegistry(platform.store, platform.blobs), events,
-                       worker_name=f"{socket.gethostname()}:{os.getpid()}")
+    worker_name = f"{socket.gethostname()}:{os.getpid()}"
+    jobs, datasets = Jobs(platform.store), DatasetCatalog(platform.store, platform.blobs)
+    cache = TrialDataCache()
+    executor_for = None
+    if settings.trial_fanout:
+        def executor_for(job: dict):
+            return fanout_executor(platform.bus, platform.blobs, job, cache=cache,
+                                   worker_name=worker_name)
+    runner = JobRunner(jobs, datasets, ModelRegistry(platform.store, platform.blobs), events,
+                       worker_name=worker_name, executor_for=executor_for)
     stopping = threading.Event()
     stop_on_signals(stopping.set)
+    # A trial killed for overrunning answers so before its coordinator gives up on it.
+    isolated = IsolatedEvaluator(settings.trial_memory_bytes,
+                                 grace_seconds=LOST_TRIAL_GRACE_SECONDS / 2)
+    try:
+        # The trial process loads its libraries now (seconds), not in the first trial.
+        isolated.start()
+    except Exception:  # noqa: BLE001 - the first trial starts it again
+        log.warning("the trial process did not start", exc_info=True)
+    trial_runner = TrialRunner(platform.bus, platform.blobs, jobs, datasets,
+                               worker_name=worker_name, cache=cache, isolated=isolated,
+                               store_uris=(settings.store_uri, settings.blobs_uri))
+    trials = trial_runner.start(stopping)
+    # Ready once the trial runner subscribed (and its trial process started), so the
+    # first job's trials find it (the coordinator runs trials itself while the runners'
+    # group has no member).
+    if not trial_runner.subscribed.wait(TRIAL_RUNNER_START_SECONDS):
+        log.warning("the trial runner has not subscribed yet (is the bus down?)")
     print("LISTENING worker bus", flush=True)
     try:
         while not stopping.is_set():
@@ -49,6 +89,8 @@ def main() -> None:
                             RETRY_SECONDS)
                 stopping.wait(RETRY_SECONDS)
     finally:
+        isolated.close()  # a running trial stops; its request goes to another runner
+        trials.join(TRIAL_RUNNER_STOP_SECONDS)
         platform.close()
 
 

@@ -2,12 +2,17 @@
 
 Idempotent per job: a job already ended is skipped, so a redelivered event is harmless;
 a job found RUNNING was left by a worker that died, and is run again as a new attempt.
+The worker running a job coordinates its search; the trials run where `executor_for`
+sends them (every worker's trial runner, over the bus: `trial_fanout`), or in this
+thread without it.
 """
 
 import logging
 import time
+from collections.abc import Callable
 
 from nbml_server.domain import automl
+from nbml_server.domain.automl.search import ExecutorFactory
 from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.datasets import write_canonical
 from nbml_server.domain.jobs import (CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, Jobs,
@@ -23,14 +28,30 @@ MAX_ATTEMPTS = 3
 CANCEL_CHECK_SECONDS = 1.0
 
 
+def search_request(job: dict, datasets: DatasetCatalog) -> automl.SearchRequest:
+    """The AutoML search a job record asks for. The coordinator and every trial runner
+    build it alike, so `automl.prepare_trials` gives them the same rows and folds."""
+    dataset = datasets.get(job["user_id"], job["dataset_id"])
+    frame = datasets.load_frame(dataset)
+    column_types = {c: p["type"] for c, p in datasets.column_profiles(dataset).items()}
+    return automl.SearchRequest(frame=frame, target=job["target_column"], task=job["task"],
+                                metric=job["metric"] or None,
+                                budget_seconds=float(job["budget_seconds"]),
+                                holdout_fraction=holdout_fraction_of(job),
+                                column_types=column_types)
+
+
 class JobRunner:
     def __init__(self, jobs: Jobs, datasets: DatasetCatalog, models: ModelRegistry,
-                 events: JobEventPublisher, worker_name: str = ""):
+                 events: JobEventPublisher, worker_name: str = "",
+                 executor_for: Callable[[dict], ExecutorFactory] | None = None):
         self.worker_name = worker_name  # recorded on the job: which worker runs it
         self.jobs = jobs
         self.datasets = datasets
         self.models = models
         self.events = events
+        # job record -> the `executor=` of run_search; None: trials in this thread.
+        self.executor_for = executor_for
 
     def run(self, job_id: str) -> None:
         job = self.jobs.get_by_id(job_id)
@@ -55,17 +76,17 @@ class JobRunner:
             raise
 
     def _search_and_store(self, job: dict) -> None:
-        job_id, user_id = job["job_id"], job["user_id"]
-        dataset = self.datasets.get(user_id, job["dataset_id"])
-        frame = self.datasets.load_frame(dataset)
-        column_types = {c: p["type"] for c, p in self.datasets.column_profiles(dataset).items()}
+        job_id = job["job_id"]
+        request = search_request(job, self.datasets)
         started = time.monotonic()
 
         def on_trial(trial: automl.TrialResult) -> None:
             row = {"number": trial.number, "family": trial.family, "params": trial.params,
                    "cv_score": trial.cv_score, "cv_score_std": trial.cv_score_std,
                    "fit_seconds": trial.fit_seconds, "error": trial.error,
-                   "finish_time": time.time()}
+                   "finish_time": time.time(),
+                   # Who ran it ("" when lost); trials run in this thread are ours.
+                   "worker": trial.worker or ("" if self.executor_for else self.worker_name)}
             self.jobs.store.put("trials_by_job", job_id, f"{trial.number:06d}", row)
             self.events.trial_completed(job, row)
 
@@ -77,13 +98,9 @@ class JobRunner:
             self.events.progressed(updated)
 
         result = automl.run_search(
-            automl.SearchRequest(frame=frame, target=job["target_column"], task=job["task"],
-                                 metric=job["metric"] or None,
-                                 budget_seconds=float(job["budget_seconds"]),
-                                 holdout_fraction=holdout_fraction_of(job),
-                                 column_types=column_types),
-            on_trial=on_trial, on_progress=on_progress,
-            should_stop=self._cancel_checker(job_id))
+            request, on_trial=on_trial, on_progress=on_progress,
+            should_stop=self._cancel_checker(job_id),
+            executor=self.executor_for(job) if self.executor_for is not None else None)
         model_ids = self._store_models(job, result)
         cancelled = self.jobs.get_by_id(job_id)["cancel_requested"]
         best = result.models[0] if result.models else None

@@ -107,6 +107,7 @@ class TrialResult:
     error: str | None = None
     folds: int = 0  # folds completed
     pruned: bool = False  # stopped by successive halving on a subsample (error says why)
+    worker: str = ""  # who ran its last rung (TrialOutcome.worker); "" when lost
 
 
 @dataclass
@@ -291,7 +292,7 @@ class _Search:
 
     def record(self, family: str, params: dict, fit_seconds: float, *, scores=(),
                error: str | None = None, pruned: bool = False,
-               oof: np.ndarray | None = None) -> TrialResult:
+               oof: np.ndarray | None = None, worker: str = "") -> TrialResult:
         finite = [s for s in scores if math.isfinite(s)]
         cv_score = cv_std = None
         if error is None and finite:
@@ -299,7 +300,7 @@ class _Search:
             cv_std = float(np.std(finite)) if len(finite) > 1 else 0.0
         trial = TrialResult(number=len(self.trials), family=family, params=dict(params),
                             cv_score=cv_score, cv_score_std=cv_std, fit_seconds=fit_seconds,
-                            error=error, folds=len(scores), pruned=pruned)
+                            error=error, folds=len(scores), pruned=pruned, worker=worker)
         self.keep_oof(trial, oof)
         self.trials.append(trial)
         if trial.cv_score is not None:
@@ -387,12 +388,12 @@ class _Search:
             else:
                 study.tell(flight.ask, state=optuna.trial.TrialState.PRUNED)
                 trial = self.record(outcome.family, outcome.params, spent, error=why,
-                                    pruned=True)
+                                    pruned=True, worker=outcome.worker)
                 if math.isfinite(score):
                     self.partial_scores[trial.number] = (outcome.rung, score)
             return
         trial = self.record(outcome.family, outcome.params, spent, scores=outcome.scores,
-                            error=outcome.error, oof=outcome.oof)
+                            error=outcome.error, oof=outcome.oof, worker=outcome.worker)
         if trial.cv_score is not None:
             study.tell(flight.ask, trial.cv_score)
         else:
