@@ -9,7 +9,7 @@ GRPCURL_VERSION := v1.9.3
 GRPCURL := build/tools/bin/grpcurl
 PORT ?= 8080
 
-.PHONY: up up-cluster test venv gen lint-protos bench-automl clean
+.PHONY: up up-cluster test venv gen lint-protos bench-automl bench-fanout clean
 
 up: venv
 	$(UV) run nbml up --port $(PORT)
@@ -53,6 +53,12 @@ lint-protos: venv $(BUF)
 bench-automl: $(UV)
 	$(UV) sync --frozen --extra cluster --group bench
 	$(UV) run --frozen --group bench python -m tools.bench.automl $(BENCH_ARGS)
+
+# Trials per second of one job with 1 and with 2 workers (the trial fan-out), on the
+# local cluster (Kafka, Cassandra, GCS emulator: Java, Maven and Go, like make test).
+# About 5 minutes; BENCH_FANOUT_ARGS="--dataset housing --budget 60 --inline --repeats 2".
+bench-fanout: venv
+	$(UV) run python -m tools.bench.fanout $(BENCH_FANOUT_ARGS)
 
 clean:
 	rm -rf .venv .tools build

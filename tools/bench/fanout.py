@@ -1,0 +1,189 @@
+"""`make bench-fanout`: trials per second of one job with 1 and with 2 workers.
+
+    python -m tools.bench.fanout [--workers 1,2] [--dataset churn] [--budget 30]
+                                 [--repeats 1] [--inline] [--workdir DIR]
+
+Starts the local cluster (Kafka, Cassandra, the GCS emulator: `deploy/local_cluster`,
+installed into the user cache on first use) once, then for each worker count the whole
+platform on it (`LocalPlatform`, a keyspace and bucket of its own), waits until every
+worker's trial runner is in the runners' consumer group (a readiness check, not a
+sleep), uploads the data set (tools/bench/suite.py), trains one job and reports:
+
+- trials: the job's trials (pruned and failed ones included: each took a runner);
+- search seconds: from the job's progress, the search alone (the budget bounds it);
+- trials/s = trials / search seconds; how many trials each worker ran; and how busy
+  the runners were: the trials' fit seconds over search seconds x workers (idle
+  runners, e.g. a trial queued behind another while a worker waits, lower it; so do
+  the coordinator's own pauses and the data preparation a runner does first).
+
+`--inline` adds a run with one worker and NBML_TRIAL_FANOUT=false (the trials in the
+coordinator's thread, no bus): the fan-out's own cost. The numbers depend on the
+machine's cores and load (the script prints the load average): two workers cannot beat
+one by much on a machine with two busy cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import suite
+
+log = logging.getLogger("bench.fanout")
+PASSWORD = "bench password, long enough"
+READY_SECONDS = 120.0
+
+
+@dataclass
+class Run:
+    label: str
+    workers: int
+    fanout: bool
+    trials: int = 0
+    search_seconds: float = 0.0
+    job_seconds: float = 0.0
+    state: str = ""
+    by_worker: dict[str, int] = field(default_factory=dict)
+    fit_seconds: float = 0.0  # summed over the trials
+
+    @property
+    def busy(self) -> float:
+        seconds = self.search_seconds * self.workers
+        return self.fit_seconds / seconds if seconds else 0.0
+
+    @property
+    def trials_per_second(self) -> float:
+        return self.trials / self.search_seconds if self.search_seconds else 0.0
+
+
+def wait_for_runners(bus_uri: str, workers: int) -> float:
+    """Seconds until `workers` trial runners share the trials topic."""
+    from nbml_server.adapters.registry import open_event_bus
+    from nbml_server.ports.event_bus import TRIALS_TOPIC
+    from nbml_server.worker.trial_fanout import TRIAL_RUNNERS_GROUP
+
+    bus = open_event_bus(bus_uri)
+    started = time.monotonic()
+    try:
+        while bus.group_members(TRIAL_RUNNERS_GROUP, TRIALS_TOPIC) != workers:
+            if time.monotonic() - started > READY_SECONDS:
+                raise RuntimeError(f"{workers} trial runners did not join in {READY_SECONDS} s")
+            time.sleep(0.2)
+    finally:
+        bus.close()
+    return time.monotonic() - started
+
+
+def train_once(run: Run, cluster, dataset: suite.Dataset, budget: int, workdir: pathlib.Path,
+               index: int) -> Run:
+    from deploy.envoy.process import free_port
+    from nbml.client import Client, job_state_to_str
+    from nbml_server.adapters.registry import open_table_store
+    from nbml_server.launcher import LocalPlatform
+
+    name = f"bench_fanout_{index}_{int(time.time())}"
+    env = {**cluster.settings_env(), "NBML_STORE": cluster.cassandra.uri(name),
+           "NBML_BLOBS": cluster.gcs.uri(name.replace("_", "-")),
+           "NBML_TRIAL_FANOUT": "true" if run.fanout else "false", "NBML_LOG_LEVEL": "WARNING"}
+    home = workdir / name
+    with LocalPlatform(home, http_port=free_port(), workers=run.workers, env=env) as platform:
+        if run.fanout:
+            log.info("%s: runners ready in %.1f s", run.label,
+                     wait_for_runners(env["NBML_BUS"], run.workers))
+        with Client(platform.address, timeout=900) as client:
+            client.sign_up("bench", PASSWORD)
+            path = workdir / f"{dataset.name}.csv"
+            dataset.split[0].to_csv(path, index=False)
+            uploaded = client.upload_dataset(path, name=path.name)
+            trace = []
+            started = time.monotonic()
+            job = client.train(uploaded.name, dataset.target, budget_seconds=budget)
+            final = client.wait_for_job(job.name, on_update=lambda j: trace.append(
+                (j.progress.stage, j.progress.elapsed_seconds, j.progress.trials_completed)),
+                timeout=20 * budget + 300)
+            run.job_seconds = time.monotonic() - started
+            run.state = job_state_to_str(final.state) or ""
+            refit = next((t for t in trace if t[0] == "refitting"), None)
+            run.search_seconds = refit[1] if refit else final.progress.elapsed_seconds
+            run.trials = refit[2] if refit else final.progress.trials_completed
+            store = open_table_store(env["NBML_STORE"])
+            try:
+                rows = store.scan("trials_by_job", job.name.split("/")[-1], limit=100_000)
+            finally:
+                store.close()
+            run.by_worker = dict(Counter(row.get("worker") or "(lost)" for _, row in rows))
+            run.fit_seconds = sum(row.get("fit_seconds") or 0.0 for _, row in rows)
+        failed = platform.failed_children()
+        if failed:
+            raise RuntimeError(f"platform processes exited: {failed} (logs in {home / 'logs'})")
+    return run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
+    parser.add_argument("--dataset", default="churn", choices=sorted(suite.DATASETS))
+    parser.add_argument("--budget", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--inline", action="store_true",
+                        help="also one worker without the fan-out (trials in its thread)")
+    parser.add_argument("--workdir", type=pathlib.Path, default=None,
+                        help="where the cluster and platforms keep their data (default: a "
+                             "temporary folder, removed at the end)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
+    for noisy in ("kafka", "cassandra"):  # connection chatter, protocol downgrades
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from deploy.local_cluster.stack import LocalCluster
+
+    runs = [Run(f"{n} worker{'s' if n > 1 else ''}", n, True)
+            for n in map(int, args.workers.split(",")) for _ in range(args.repeats)]
+    if args.inline:
+        runs.insert(0, Run("1 worker, no fan-out", 1, False))
+    dataset = suite.DATASETS[args.dataset]
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="nbml-bench-fanout-") as scratch:
+        workdir = args.workdir or pathlib.Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with LocalCluster(workdir / "cluster") as cluster:
+            log.info("local cluster up in %.1f s", time.monotonic() - started)
+            for index, run in enumerate(runs):
+                train_once(run, cluster, dataset, args.budget, workdir, index)
+                log.info("%s: %d trials in %.1f s of search (%.2f trials/s), %s", run.label,
+                         run.trials, run.search_seconds, run.trials_per_second, run.by_worker)
+    report = {"dataset": dataset.name, "rows": len(dataset.split[0]), "budget": args.budget,
+              "cores": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
+              "load_average_after": [round(x, 2) for x in os.getloadavg()],
+              "runs": [{"label": r.label, "workers": r.workers, "fanout": r.fanout,
+                        "state": r.state, "trials": r.trials,
+                        "search_seconds": round(r.search_seconds, 2),
+                        "trials_per_second": round(r.trials_per_second, 3),
+                        "job_seconds": round(r.job_seconds, 1), "busy": round(r.busy, 3),
+                        "trials_by_worker": r.by_worker}
+                       for r in runs]}
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"\n{dataset.name} ({report['rows']} training rows), budget {args.budget} s, "
+          f"{report['cores']} cores, load average before {report['load_average_before'][0]}, "
+          f"after {report['load_average_after'][0]}")
+    print(f"{'run':<24}{'state':<11}{'trials':>7}{'search s':>10}{'trials/s':>10}"
+          f"{'busy':>7}  trials by worker")
+    for r in runs:
+        shares = ", ".join(str(v) for _, v in sorted(r.by_worker.items()))
+        print(f"{r.label:<24}{r.state:<11}{r.trials:>7}{r.search_seconds:>10.1f}"
+              f"{r.trials_per_second:>10.2f}{r.busy:>7.0%}  {shares}")
+
+
+if __name__ == "__main__":
+    main()
