@@ -59,10 +59,16 @@ class ThreadedExecutor:
         self.pool.shutdown(wait=True)
 
 
-def test_rungs_only_on_large_data():
+def test_rungs_only_on_large_or_wide_data():
     assert rungs_for(1_000, 5) == [Rung(None, 5)]
+    assert rungs_for(1_000, 5, columns=64) == [Rung(None, 5)]
     assert rungs_for(50_000, 3) == [Rung(5_555, 1), Rung(16_666, 1), Rung(None, 3)]
     assert rungs_for(20_000, 3) == [Rung(2_222, 1), Rung(6_666, 1), Rung(None, 3)]
+    # Many cells per fold: one fold of all rows first.
+    assert rungs_for(1_200, 5, columns=400) == [Rung(None, 1), Rung(None, 5)]
+    assert rungs_for(60_000, 5, columns=20) == [Rung(6_666, 1), Rung(20_000, 1), Rung(None, 1),
+                                                Rung(None, 5)]
+    assert rungs_for(1_200, 1, columns=400) == [Rung(None, 1)]
 
 
 def test_trial_on_a_subsample_rung_uses_one_fold_of_fewer_rows(monkeypatch):
@@ -120,9 +126,45 @@ def test_a_trial_whose_outcome_never_comes_is_recorded_as_failed(monkeypatch):
     result = run_search(SearchRequest(frame(400), "label", budget_seconds=4,
                                       families=["logistic_regression", "knn"]),
                         executor=executor)
-    # Declared lost after its time share and the grace, or given up at budget * 1.1,
+    # Declared lost after its time share and the grace, or given up at the drain limit,
     # whichever comes first.
     failed = [t for t in result.trials if t.error and t.error.startswith(("lost", "stopped"))]
     assert len(failed) == 1 and failed[0].cv_score is None
     assert result.best is not None
     assert result.search_seconds < 4 * 1.1 + 1
+
+
+class ScriptedExecutor:
+    """Answers every spec at once with a fixed score per family; `slow` families
+    report a fit time that leaves no room for their next rung."""
+
+    capacity = 1
+
+    def __init__(self, data, scores, slow=()):
+        self.data, self.scores, self.slow = data, scores, set(slow)
+        self.pending = []
+
+    def submit(self, spec):
+        self.pending.append(spec)
+
+    def collect(self, timeout_seconds):
+        pending, self.pending = self.pending, []
+        return [trials.TrialOutcome(
+            s.key, s.rung, s.family, dict(s.params),
+            [self.scores[s.family]] * self.data.rungs[s.rung].folds,
+            1_000.0 if s.family in self.slow else 0.01) for s in pending]
+
+    def close(self):
+        pass
+
+
+def test_a_family_that_never_reached_the_full_rung_stands_in_with_its_partial_score(monkeypatch):
+    monkeypatch.setattr(trials, "FOLD_RUNG_FROM_CELLS", 1)
+    request = SearchRequest(frame(400), "label", budget_seconds=60, max_trials=2,
+                            families=["logistic_regression", "knn"])
+    result = run_search(request, executor=lambda data, stop: ScriptedExecutor(
+        data, {"logistic_regression": 0.6, "knn": 0.9}, slow={"knn"}))
+    knn = next(t for t in result.trials if t.family == "knn")
+    assert knn.pruned and "no time left" in knn.error and "one fold" in knn.error
+    # A better score on one fold beats a worse one on five: knn is refit and chosen.
+    assert result.best.family == "knn" and result.best.cv_score == 0.9

@@ -82,6 +82,9 @@ OOF_MEMORY_BYTES = 200 * 2**20  # bound on the kept out-of-fold predictions
 # A trial given out is declared lost when no outcome came this long after its
 # max_seconds (a worker died under it); the search goes on without it.
 LOST_TRIAL_GRACE_SECONDS = 2.0
+# The search waits for trials still out until budget * DRAIN_SHARE (the promise is
+# budget + 10 %; the rest is for storing the models and the job record).
+DRAIN_SHARE = 1.05
 COLLECT_SECONDS = 0.2  # how long one wait for outcomes lasts, between checks
 
 STAGE_SEARCHING = "searching"
@@ -317,19 +320,22 @@ class _Search:
         return not self.best_by_family and not any(f.spec.must_finish
                                                    for f in self.in_flight.values())
 
-    def fall_back_to_subsample_scores(self) -> None:
-        """When no configuration completed the full rung (large data, short budget),
-        the one with the best subsample score stands in (more rows rarely make a
-        score worse, so a better score on fewer rows is the better bet; ties go to
-        the larger subsample)."""
-        if self.best_by_family or not self.partial_scores:
-            return
-        number, (rung, score) = min(
-            self.partial_scores.items(),
-            key=lambda item: (sort_key(item[1][1], self.metric), -item[1][0], item[0]))
-        trial = self.trials[number]
-        self.best_by_family[trial.family] = dataclasses.replace(trial, cv_score=score,
-                                                                cv_score_std=0.0)
+    def fall_back_to_partial_scores(self) -> None:
+        """A family none of whose configurations completed the full rung in time (large
+        or wide data, short budget) stands in with its best partial score: a score on
+        fewer rows or on one fold. More rows rarely make a score worse, so a better
+        score on fewer rows is the better bet; ties go to the higher rung."""
+        standing_in: dict[str, tuple[tuple, int, float]] = {}
+        for number, (rung, score) in self.partial_scores.items():
+            family = self.trials[number].family
+            if family in self.best_by_family:
+                continue
+            rank = (sort_key(score, self.metric), -rung, number)
+            if family not in standing_in or rank < standing_in[family][0]:
+                standing_in[family] = (rank, number, score)
+        for family, (_, number, score) in standing_in.items():
+            self.best_by_family[family] = dataclasses.replace(
+                self.trials[number], cv_score=score, cv_score_std=0.0)
 
     def submit(self, executor: TrialExecutor, ask: optuna.Trial, family: str, params: dict,
                rung: int, spent: float = 0.0) -> None:
@@ -373,14 +379,15 @@ class _Search:
             score = float(np.mean([s for s in outcome.scores if math.isfinite(s)]))
             flight.ask.report(score, step=outcome.rung + 1)
             rows = self.data.rungs[outcome.rung].rows
+            where = f"{rows} rows of one fold" if rows is not None else "one fold"
             why = None
             if flight.ask.should_prune():
-                why = f"pruned: scored {score:.6g} on {rows} rows, behind the best at that size"
+                why = f"pruned: scored {score:.6g} on {where}, behind the best there"
             elif self.closing:
-                why = f"pruned: the search ended after it scored {score:.6g} on {rows} rows"
+                why = f"pruned: the search ended after it scored {score:.6g} on {where}"
             elif self.estimate(self.learners[outcome.family], outcome.params,
                                outcome.rung + 1) > self.search_time_left():
-                why = (f"pruned: no time left to score it on more than {rows} rows "
+                why = (f"pruned: no time left to score it beyond {where} "
                        f"(it scored {score:.6g})")
             if why is None:
                 self.submit(executor, flight.ask, outcome.family, outcome.params,
@@ -416,10 +423,13 @@ class _Search:
     # -- the loop
 
     def portfolio(self) -> list[tuple[str, dict]]:
-        """Default configurations, cheapest family first, first defaults of every
-        family before second ones."""
-        per_family = [(l.name, l.defaults(self.ctx))
-                      for l in sorted(self.learners.values(), key=lambda l: l.relative_cost)]
+        """Default configurations, the family whose first default is cheapest first,
+        first defaults of every family before second ones."""
+        def first_default_cost(learner: Learner, defaults: list[dict]) -> float:
+            return learner.relative_cost * (learner.cost_factor(defaults[0]) if defaults else 1)
+
+        per_family = sorted(((l.name, l.defaults(self.ctx)) for l in self.learners.values()),
+                            key=lambda item: first_default_cost(self.learners[item[0]], item[1]))
         out = []
         for rank in range(max(len(d) for _, d in per_family)):
             out += [(name, d[rank]) for name, d in per_family if rank < len(d)]
@@ -467,16 +477,16 @@ class _Search:
                     self.handle(study, executor, outcome)
                 self.expire_lost(study)
             self.drain(study, executor)
-            self.fall_back_to_subsample_scores()
+            self.fall_back_to_partial_scores()
         finally:
             executor.close()
             self.search_seconds = self.deadline.elapsed()
 
     def drain(self, study: optuna.Study, executor: TrialExecutor) -> None:
         """Waits for the trials still out (they end by the budget, or must finish),
-        at most until budget * 1.1; cancellation does not wait."""
+        at most until budget * DRAIN_SHARE; cancellation does not wait."""
         self.closing = True
-        limit = self.deadline.seconds * 1.1
+        limit = self.deadline.seconds * DRAIN_SHARE
         while self.in_flight and not self.stop_requested():
             if (self.deadline.elapsed() > limit
                     and not any(f.spec.must_finish for f in self.in_flight.values())):
