@@ -120,7 +120,7 @@ def test_scaled_and_tree_preprocessing_differ():
     tree = build_pipeline(LEARNERS["extra_trees"], {"n_estimators": 5, "max_features": 1.0,
                                                     "min_samples_leaf": 1}, ctx, TYPES, TYPES)[:-1]
     a = scaled.fit_transform(frame)
-    b = tree.fit_transform(frame)
+    b = tree.fit_transform(frame, y)
     assert not np.isnan(a).any() and not np.isnan(b).any()
     assert a.shape[1] > b.shape[1]  # one-hot vs ordinal codes
     assert abs(a[:, 0].mean()) < 1e-9 and abs(a[:, 0].std() - 1) < 1e-9  # scaled age

@@ -41,6 +41,9 @@ ALLOWED_TYPES: frozenset[str] = frozenset({
     "sklearn.metrics._dist_metrics.EuclideanDistance32",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",  # mlp
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    # The tree preprocessing's TargetEncoder keeps the splitter it cross-fits with.
+    "sklearn.model_selection._split.KFold",
+    "sklearn.model_selection._split.StratifiedKFold",
     # LightGBM and XGBoost (optional families): the scikit-learn wrappers and their
     # Boosters, which load from the library's own model format (text for LightGBM, UBJSON
     # for XGBoost), not from pickle. OrderedDict: the factory of LightGBM's best_score.

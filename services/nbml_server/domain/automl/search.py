@@ -423,13 +423,10 @@ class _Search:
     # -- the loop
 
     def portfolio(self) -> list[tuple[str, dict]]:
-        """Default configurations, the family whose first default is cheapest first,
-        first defaults of every family before second ones."""
-        def first_default_cost(learner: Learner, defaults: list[dict]) -> float:
-            return learner.relative_cost * (learner.cost_factor(defaults[0]) if defaults else 1)
-
-        per_family = sorted(((l.name, l.defaults(self.ctx)) for l in self.learners.values()),
-                            key=lambda item: first_default_cost(self.learners[item[0]], item[1]))
+        """Default configurations, cheapest family first, first defaults of every
+        family before second ones."""
+        per_family = [(l.name, l.defaults(self.ctx))
+                      for l in sorted(self.learners.values(), key=lambda l: l.relative_cost)]
         out = []
         for rank in range(max(len(d) for _, d in per_family)):
             out += [(name, d[rank]) for name, d in per_family if rank < len(d)]
@@ -602,7 +599,8 @@ def build_pipeline(learner: Learner, params: Mapping[str, Any], ctx: LearnerCont
     """The deployable pipeline: schema coercion, preprocessing, model (unfitted)."""
     return Pipeline([
         ("coerce", SchemaCoercer(dict(feature_types))),
-        ("preprocess", build_preprocessor(dict(active_types), learner.preprocessing)),
+        ("preprocess", build_preprocessor(dict(active_types), learner.preprocessing,
+                                         ctx.task)),
         ("model", learner.build(params, ctx)),
     ])
 
