@@ -251,7 +251,12 @@ class _Search:
     # -- time
 
     def refit_estimate(self, trial: TrialResult) -> float:
-        per_fold = trial.fit_seconds / max(1, trial.folds)
+        """Seconds to fit the trial's configuration on all search rows: from the
+        family's measured cost per fold row (so a stand-in scored on a subsample is
+        not taken for cheap), else from the trial's own folds."""
+        per_fold = self.estimate(self.learners[trial.family], trial.params, self.top_rung) / self.k
+        if per_fold <= 0:
+            per_fold = trial.fit_seconds / max(1, trial.folds)
         return per_fold * self.k / max(1, self.k - 1) * 1.5
 
     def search_time_left(self) -> float:
