@@ -228,6 +228,8 @@ class _Search:
         capacity = min(ENSEMBLE_CANDIDATES, OOF_MEMORY_BYTES // per_trial)
         self.oof_capacity = capacity if request.ensemble and capacity >= 2 else 0
         self.oof: dict[int, np.ndarray] = {}
+        # Ensemble members refit that are not their family's best trial (see `refit`).
+        self.member_pipelines: dict[int, Pipeline] = {}
 
     # -- bookkeeping
 
@@ -520,18 +522,46 @@ class _Search:
         return pipeline
 
     def refit(self) -> list[FittedModel]:
+        """The best trial of each family (the MAX_REFIT_MODELS best families) refit on
+        all rows, in rank order. The best always; then, while time allows, the members
+        of the planned ensemble before the other families - the ensemble is often the
+        best model, and it is lost when a member misses the time. Members that are not
+        their family's best are kept apart (`member_pipelines`), not returned."""
         hard_limit = self.hard_limit()
-        models: list[FittedModel] = []
-        for trial in self.ranked_families()[:MAX_REFIT_MODELS]:
-            if models and self.deadline.elapsed() + self.refit_estimate(trial) > hard_limit:
+        ranked = self.ranked_families()[:MAX_REFIT_MODELS]
+        trials = {t.number: t for t in self.trials}
+        order = ranked[:1] + [trials[n] for n in self.planned_members()] + ranked[1:]
+        family_bests = {t.number for t in ranked}
+        fitted: dict[int, Pipeline] = {}
+        for trial in order:
+            if trial.number in fitted:
+                continue
+            if fitted and self.deadline.elapsed() + self.refit_estimate(trial) > hard_limit:
                 continue
             pipeline = self.refit_trial(trial)
             if pipeline is not None:
-                models.append(FittedModel(trial.family, dict(trial.params), trial.cv_score,
-                                          trial.cv_score_std, pipeline, trial.number))
-        return models
+                fitted[trial.number] = pipeline
+        self.member_pipelines = {n: p for n, p in fitted.items() if n not in family_bests}
+        return [FittedModel(t.family, dict(t.params), t.cv_score, t.cv_score_std,
+                            fitted[t.number], t.number) for t in ranked if t.number in fitted]
 
     # -- ensemble
+
+    def ensemble_candidates(self) -> list[int]:
+        """Trials with kept out-of-fold predictions, best first."""
+        trials = {t.number: t for t in self.trials}
+        return sorted(self.oof, key=lambda n: (sort_key(trials[n].cv_score, self.metric), n))
+
+    def planned_members(self) -> list[int]:
+        """The trials greedy selection picks from all kept out-of-fold predictions
+        (before any refit), the heaviest first; empty when no ensemble is possible."""
+        if self.cancelled or len(self.oof) < 2:
+            return []
+        candidates = self.ensemble_candidates()
+        counts = self.select(candidates, lambda: self.deadline.elapsed() > self.hard_limit())
+        chosen = sorted((n for n, c in zip(candidates, counts) if c),
+                        key=lambda n: -counts[candidates.index(n)])
+        return chosen if len(chosen) >= 2 else []
 
     def select(self, candidates: list[int], out_of_time) -> np.ndarray:
         """Greedy selection counts over `candidates` (trial numbers, best first),
@@ -565,8 +595,8 @@ class _Search:
             return self.deadline.elapsed() > hard_limit
 
         trials = {t.number: t for t in self.trials}
-        candidates = sorted(self.oof, key=lambda n: (sort_key(trials[n].cv_score, self.metric), n))
-        fitted = {m.trial_number: m.pipeline for m in models}
+        candidates = self.ensemble_candidates()
+        fitted = {**self.member_pipelines, **{m.trial_number: m.pipeline for m in models}}
         counts = self.select(candidates, out_of_time)
         missing = [n for n, c in zip(candidates, counts) if c and n not in fitted]
         if missing:
@@ -683,6 +713,7 @@ def run_search(request: SearchRequest, *,
             if ensemble is not None:
                 models.insert(0, ensemble)
             search.oof.clear()
+            search.member_pipelines.clear()
             search.refit_seconds = deadline.elapsed() - search.search_seconds
     search.progress(STAGE_DONE)
     return SearchResult(
