@@ -55,6 +55,7 @@ import contextlib
 import heapq
 import logging
 import threading
+import time
 from urllib.parse import parse_qsl, urlsplit
 
 import kafka.errors as kafka_errors
@@ -73,6 +74,9 @@ DEFAULT_PARTITIONS = 6
 DEFAULT_TIMEOUT_MS = 5_000
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_MAX_POLL_INTERVAL_MS = 24 * 3600 * 1000
+# A backstop: a consumer sees a topic's new partitions (and its group rebalances onto
+# them) within this long, not kafka-python's default five minutes.
+METADATA_MAX_AGE_MS = 10_000
 
 _QUERY_PARAMETERS = ("partitions", "replication_factor", "timeout_ms", "session_timeout_ms",
                      "max_poll_interval_ms")
@@ -343,7 +347,16 @@ class _KafkaSubscription(Subscription):
                 session_timeout_ms=session,
                 heartbeat_interval_ms=max(100, min(3000, session // 3)),
                 max_poll_interval_ms=bus.max_poll_interval_ms,
-                fetch_max_wait_ms=min(500, bus.timeout_ms // 2))
+                fetch_max_wait_ms=min(500, bus.timeout_ms // 2),
+                metadata_max_age_ms=METADATA_MAX_AGE_MS)
+            # The group's leader assigns partitions from its own metadata: one that
+            # joins before it knows the topic's partitions hands out none ("No
+            # partition metadata" from the assignor), and the group only rebalances
+            # when that member's metadata next refreshes. So know them first.
+            deadline = time.monotonic() + bus.timeout_ms / 1000
+            while (not self._consumer.partitions_for_topic(topic)
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
             self._consumer.subscribe([topic])
 
     def poll(self, timeout_seconds: float, max_messages: int = 1) -> list[Message]:
