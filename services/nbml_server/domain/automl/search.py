@@ -230,6 +230,8 @@ class _Search:
         self.oof: dict[int, np.ndarray] = {}
         # Ensemble members refit that are not their family's best trial (see `refit`).
         self.member_pipelines: dict[int, Pipeline] = {}
+        # (candidates, counts) of the greedy selection `planned_members` made.
+        self.plan: tuple[list[int], np.ndarray] | None = None
 
     # -- bookkeeping
 
@@ -559,6 +561,7 @@ class _Search:
             return []
         candidates = self.ensemble_candidates()
         counts = self.select(candidates, lambda: self.deadline.elapsed() > self.hard_limit())
+        self.plan = (candidates, counts)
         chosen = sorted((n for n, c in zip(candidates, counts) if c),
                         key=lambda n: -counts[candidates.index(n)])
         return chosen if len(chosen) >= 2 else []
@@ -595,9 +598,11 @@ class _Search:
             return self.deadline.elapsed() > hard_limit
 
         trials = {t.number: t for t in self.trials}
-        candidates = self.ensemble_candidates()
         fitted = {**self.member_pipelines, **{m.trial_number: m.pipeline for m in models}}
-        counts = self.select(candidates, out_of_time)
+        # The selection `refit` planned with, when it did (the same inputs).
+        candidates, counts = self.plan or (self.ensemble_candidates(), None)
+        if counts is None:
+            counts = self.select(candidates, out_of_time)
         missing = [n for n, c in zip(candidates, counts) if c and n not in fitted]
         if missing:
             cost = sum(self.refit_estimate(trials[n]) for n in missing)
