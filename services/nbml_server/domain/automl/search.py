@@ -230,7 +230,7 @@ class _Search:
         self.oof: dict[int, np.ndarray] = {}
         # Ensemble members refit that are not their family's best trial (see `refit`).
         self.member_pipelines: dict[int, Pipeline] = {}
-        # (candidates, counts) of the greedy selection `planned_members` made.
+        # (candidates, counts) of the greedy selection, once made (`ensemble_plan`).
         self.plan: tuple[list[int], np.ndarray] | None = None
 
     # -- bookkeeping
@@ -554,17 +554,23 @@ class _Search:
         trials = {t.number: t for t in self.trials}
         return sorted(self.oof, key=lambda n: (sort_key(trials[n].cv_score, self.metric), n))
 
+    def ensemble_plan(self) -> tuple[list[int], np.ndarray]:
+        """(candidates, greedy selection counts) over all kept out-of-fold
+        predictions, computed once: `refit` plans with it, `ensemble` builds from it."""
+        if self.plan is None:
+            candidates = self.ensemble_candidates()
+            self.plan = (candidates, self.select(
+                candidates, lambda: self.deadline.elapsed() > self.hard_limit()))
+        return self.plan
+
     def planned_members(self) -> list[int]:
-        """The trials greedy selection picks from all kept out-of-fold predictions
-        (before any refit), the heaviest first; empty when no ensemble is possible."""
+        """The trials the ensemble plan picks, the heaviest first; empty when no
+        ensemble is possible."""
         if self.cancelled or len(self.oof) < 2:
             return []
-        candidates = self.ensemble_candidates()
-        counts = self.select(candidates, lambda: self.deadline.elapsed() > self.hard_limit())
-        self.plan = (candidates, counts)
-        chosen = sorted((n for n, c in zip(candidates, counts) if c),
-                        key=lambda n: -counts[candidates.index(n)])
-        return chosen if len(chosen) >= 2 else []
+        # Heaviest first; equal weights in candidate order (best first).
+        chosen = sorted((-c, i, n) for i, (n, c) in enumerate(zip(*self.ensemble_plan())) if c)
+        return [n for _, _, n in chosen] if len(chosen) >= 2 else []
 
     def select(self, candidates: list[int], out_of_time) -> np.ndarray:
         """Greedy selection counts over `candidates` (trial numbers, best first),
@@ -599,10 +605,7 @@ class _Search:
 
         trials = {t.number: t for t in self.trials}
         fitted = {**self.member_pipelines, **{m.trial_number: m.pipeline for m in models}}
-        # The selection `refit` planned with, when it did (the same inputs).
-        candidates, counts = self.plan or (self.ensemble_candidates(), None)
-        if counts is None:
-            counts = self.select(candidates, out_of_time)
+        candidates, counts = self.ensemble_plan()
         missing = [n for n, c in zip(candidates, counts) if c and n not in fitted]
         if missing:
             cost = sum(self.refit_estimate(trials[n]) for n in missing)
