@@ -4,7 +4,7 @@ import os
 import pathlib
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,11 +33,20 @@ def machine_memory_bytes() -> int | None:
     return total
 
 
-def default_trial_memory_mb() -> int:
-    """Half the machine's memory: the worker keeps its own copy of the job's data (and
-    refits the best models on it) beside the trial process."""
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the CPU count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_trial_memory_mb(runners: int) -> int:
+    """Half the machine's memory, shared by the worker's trial processes: the worker
+    keeps its own copy of the job's data (and refits the best models on it) beside
+    them."""
     total = machine_memory_bytes()
-    return max(MIN_TRIAL_MEMORY_MB, total // 2 // 2**20) if total else 0
+    return max(MIN_TRIAL_MEMORY_MB, total // 2 // runners // 2**20) if total else 0
 
 
 class Settings(BaseSettings):
@@ -61,10 +70,15 @@ class Settings(BaseSettings):
     # Workers fan each job's trials out to every worker over the bus (false: a job's
     # trials run in the thread of the worker that runs the job).
     trial_fanout: bool = True
-    # Memory share of a trial, in MiB (the limit on the child process a worker runs
+    # Trial runners in each worker process, each with its own trial process; 0: one
+    # per core (trials on small data use one core each and run side by side; a trial
+    # whose models use more cores waits until they are free).
+    trial_runners: int = Field(default=0, ge=0, le=256)
+    # Memory share of a trial, in MiB (the limit on each child process a worker runs
     # trials in: RLIMIT_DATA); a trial that needs more fails, the job goes on.
-    # Default: half the machine's memory (or of its container's limit); 0: unlimited.
-    trial_memory_mb: int = Field(default_factory=default_trial_memory_mb, ge=0)
+    # Default: half the machine's memory (or of its container's limit) divided among
+    # the worker's trial runners; 0: unlimited.
+    trial_memory_mb: int | None = Field(default=None, ge=0)
     log_level: str = "INFO"
 
     @field_validator("home")
@@ -74,11 +88,21 @@ class Settings(BaseSettings):
 
     @field_validator("trial_memory_mb")
     @classmethod
-    def _enough_trial_memory(cls, value: int) -> int:
-        if 0 < value < MIN_TRIAL_MEMORY_MB:
+    def _enough_trial_memory(cls, value: int | None) -> int | None:
+        if value is not None and 0 < value < MIN_TRIAL_MEMORY_MB:
             raise ValueError(f"must be 0 (unlimited) or at least {MIN_TRIAL_MEMORY_MB} MiB: "
                              "the libraries of a trial process take about 300 MiB")
         return value
+
+    @model_validator(mode="after")
+    def _default_trial_memory(self) -> "Settings":
+        if self.trial_memory_mb is None:
+            self.trial_memory_mb = default_trial_memory_mb(self.trial_runner_count)
+        return self
+
+    @property
+    def trial_runner_count(self) -> int:
+        return self.trial_runners or machine_cores()
 
     @property
     def trial_memory_bytes(self) -> int | None:

@@ -39,7 +39,8 @@ def wait_until(condition, what: str, timeout: float = READY_SECONDS):
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory, kafka_broker, cassandra_node, gcs_emulator):
     env = {"NBML_STORE": cassandra_node.uri(KEYSPACE), "NBML_BLOBS": gcs_emulator.uri(BUCKET),
-           "NBML_BUS": kafka_broker.uri, **gcs_emulator.env()}
+           "NBML_BUS": kafka_broker.uri, **gcs_emulator.env(),
+           "NBML_TRIAL_RUNNERS": "1"}  # one runner per worker: the test is about workers
     home = tmp_path_factory.mktemp("fanout-home")
     with LocalPlatform(home, http_port=free_port(), workers=2, env=env) as running:
         yield running
@@ -47,8 +48,9 @@ def platform(tmp_path_factory, kafka_broker, cassandra_node, gcs_emulator):
 
 @pytest.fixture(scope="module")
 def workers(platform, kafka_broker):
-    """The two workers' names (as trial rows record them), once both trial runners
-    are in the runners' group (readiness: they get their share of the trials)."""
+    """The two worker processes' names (as job rows record them; trial rows add the
+    runner: `process_of`), once both trial runners are in the runners' group
+    (readiness: they get their share of the trials)."""
     bus = from_uri(kafka_broker.uri)
     try:
         wait_until(lambda: bus.group_members(TRIAL_RUNNERS_GROUP, TRIALS_TOPIC) == 2,
@@ -58,6 +60,11 @@ def workers(platform, kafka_broker):
     host = socket.gethostname()
     return {f"{host}:{c.process.pid}": c.process for c in platform.children
             if c.name.startswith("worker-")}
+
+
+def process_of(runner: str) -> str:
+    """The worker process of a trial runner's name ("host:pid/1" -> "host:pid")."""
+    return runner.split("/")[0]
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +140,10 @@ def test_one_job_s_trials_run_on_both_workers(platform, workers, frank, churn_cs
     final = frank.wait_for_job(job_id, on_update=updates.append)
     assert final.state == SUCCEEDED
     rows = trial_rows(cql, job_id)
-    ran = {row["worker"] for row in rows}
+    ran = {process_of(row["worker"]) for row in rows}
     assert ran == set(workers), f"trials by {ran}, workers {set(workers)}"
     answered = outcomes(kafka_broker, job_id)
-    assert {o.worker for o in answered} == set(workers)
+    assert {process_of(o.worker) for o in answered} == set(workers)
     assert search_seconds(updates) <= 15 * 1.1 + 1  # the search keeps to the budget
     # The out-of-fold predictions went through the blob store and were cleaned up.
     assert any(o.oof_blob for o in answered)
@@ -152,7 +159,7 @@ def test_a_worker_killed_mid_trial_costs_one_trial_not_the_budget(platform, work
     [victim] = [name for name in workers if name != coordinator]
     # Once the victim has answered a trial it has the next one (the coordinator keeps
     # one trial per runner out): kill it then.
-    wait_until(lambda: any(r["worker"] == victim for r in trial_rows(cql, job_id)),
+    wait_until(lambda: any(process_of(r["worker"]) == victim for r in trial_rows(cql, job_id)),
                "a trial by the other worker", timeout=budget)
     os.kill(workers[victim].pid, signal.SIGKILL)
 
@@ -167,14 +174,14 @@ def test_a_worker_killed_mid_trial_costs_one_trial_not_the_budget(platform, work
     assert search_seconds(updates) <= budget * 1.1 + 1
     assert elapsed < budget * 3 + 60
     rows = trial_rows(cql, job_id)
-    assert {r["worker"] for r in rows} >= {victim, coordinator}
+    assert {process_of(r["worker"]) for r in rows} >= {victim, coordinator}
     # The victim's partitions (its lanes) held a trial it never answered: killed
     # mid-trial. Each such trial was then run again by the survivor once the bus gave
     # it the partitions (or answered as having waited past its time), or declared lost.
     requests = messages(kafka_broker, TRIALS_TOPIC, job_id, events_pb2.TrialRequest)
     answers = outcomes(kafka_broker, job_id)
-    answered = {(o.key, o.rung): o for o in answers if o.worker != victim}
-    by_victim = {(o.key, o.rung) for o in answers if o.worker == victim}
+    answered = {(o.key, o.rung): o for o in answers if process_of(o.worker) != victim}
+    by_victim = {(o.key, o.rung) for o in answers if process_of(o.worker) == victim}
     lanes = {partition for partition, r in requests if (r.key, r.rung) in by_victim}
     stuck = [(r.key, r.rung) for partition, r in requests
              if partition in lanes and (r.key, r.rung) not in by_victim]
@@ -182,4 +189,4 @@ def test_a_worker_killed_mid_trial_costs_one_trial_not_the_budget(platform, work
     retried = [key for key in stuck if key in answered]
     lost = [r for r in rows if (r["error"] or "").startswith("lost")]
     assert len(retried) + len(lost) >= len(stuck), (stuck, retried, [r["error"] for r in rows])
-    assert all(answered[key].worker == coordinator for key in retried)
+    assert all(process_of(answered[key].worker) == coordinator for key in retried)

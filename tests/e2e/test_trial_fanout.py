@@ -1,5 +1,5 @@
 """A job's trials go over the bus on the embedded platform: the worker coordinates the
-search and its own trial runner runs the trials (the SQLite bus has one runner)."""
+search and its own trial runners, one per core, run the trials side by side."""
 
 import pytest
 
@@ -7,6 +7,7 @@ from nbml.v1 import events_pb2, trainer_service_pb2
 from nbml_server.adapters.sqlite_event_bus import SqliteEventBus
 from nbml_server.adapters.sqlite_table_store import SqliteTableStore
 from nbml_server.ports.event_bus import TRIALS_TOPIC
+from nbml_server.settings import machine_cores
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +32,9 @@ def test_a_job_s_trials_are_requested_over_the_bus_and_run_by_the_worker(platfor
     # Every trial went out as a request (a configuration climbing rungs, more than one).
     assert len({r.key for r in ours}) >= len(trials)
     assert {r.attempt for r in ours} == {1}
-    # ...and each answered trial names the worker process that ran it.
-    workers = {t["worker"] for t in trials if not (t["error"] or "").startswith("lost")}
-    assert len(workers) == 1 and all(":" in w for w in workers)
+    # ...and each answered trial names the runner that ran it: "host:pid/runner".
+    runners = {t["worker"] for t in trials if not (t["error"] or "").startswith("lost")}
+    assert len({r.split("/")[0] for r in runners}) == 1  # the one worker process
+    assert all(":" in r for r in runners)
+    # Its runners each took trials: they went out two at a time, on two lanes.
+    assert len(runners) == machine_cores()

@@ -1,7 +1,7 @@
 """`make bench-fanout`: trials per second of one job with 1 and with 2 workers.
 
-    python -m tools.bench.fanout [--workers 1,2] [--dataset churn] [--budget 30]
-                                 [--repeats 1] [--inline] [--workdir DIR]
+    python -m tools.bench.fanout [--workers 1,2] [--runners 1] [--dataset churn]
+                                 [--budget 30] [--repeats 1] [--inline] [--workdir DIR]
 
 Starts the local cluster (Kafka, Cassandra, the GCS emulator: `deploy/local_cluster`,
 installed into the user cache on first use) once, then for each worker count the whole
@@ -11,10 +11,13 @@ sleep), uploads the data set (tools/bench/suite.py), trains one job and reports:
 
 - trials: the job's trials (pruned and failed ones included: each took a runner);
 - search seconds: from the job's progress, the search alone (the budget bounds it);
-- trials/s = trials / search seconds; how many trials each worker ran; and how busy
-  the runners were: the trials' fit seconds over search seconds x workers (idle
+- trials/s = trials / search seconds; how many trials each runner ran; and how busy
+  the runners were: the trials' fit seconds over search seconds x runners (idle
   runners, e.g. a trial queued behind another while a worker waits, lower it; so do
   the coordinator's own pauses and the data preparation a runner does first).
+
+Each worker runs `--runners` trial runners (NBML_TRIAL_RUNNERS; 1 by default, so the
+numbers measure workers; the platform's own default is one per core).
 
 `--inline` adds a run with one worker and NBML_TRIAL_FANOUT=false (the trials in the
 coordinator's thread, no bus): the fan-out's own cost. The numbers depend on the
@@ -46,6 +49,7 @@ class Run:
     label: str
     workers: int
     fanout: bool
+    runners_per_worker: int = 1
     trials: int = 0
     search_seconds: float = 0.0
     job_seconds: float = 0.0
@@ -54,8 +58,12 @@ class Run:
     fit_seconds: float = 0.0  # summed over the trials
 
     @property
+    def runners(self) -> int:
+        return self.workers * self.runners_per_worker
+
+    @property
     def busy(self) -> float:
-        seconds = self.search_seconds * self.workers
+        seconds = self.search_seconds * self.runners
         return self.fit_seconds / seconds if seconds else 0.0
 
     @property
@@ -63,8 +71,8 @@ class Run:
         return self.trials / self.search_seconds if self.search_seconds else 0.0
 
 
-def wait_for_runners(bus_uri: str, workers: int) -> float:
-    """Seconds until `workers` trial runners share the trials topic."""
+def wait_for_runners(bus_uri: str, runners: int) -> float:
+    """Seconds until `runners` trial runners share the trials topic."""
     from nbml_server.adapters.registry import open_event_bus
     from nbml_server.ports.event_bus import TRIALS_TOPIC
     from nbml_server.worker.trial_fanout import TRIAL_RUNNERS_GROUP
@@ -72,9 +80,9 @@ def wait_for_runners(bus_uri: str, workers: int) -> float:
     bus = open_event_bus(bus_uri)
     started = time.monotonic()
     try:
-        while bus.group_members(TRIAL_RUNNERS_GROUP, TRIALS_TOPIC) != workers:
+        while bus.group_members(TRIAL_RUNNERS_GROUP, TRIALS_TOPIC) != runners:
             if time.monotonic() - started > READY_SECONDS:
-                raise RuntimeError(f"{workers} trial runners did not join in {READY_SECONDS} s")
+                raise RuntimeError(f"{runners} trial runners did not join in {READY_SECONDS} s")
             time.sleep(0.2)
     finally:
         bus.close()
@@ -91,12 +99,13 @@ def train_once(run: Run, cluster, dataset: suite.Dataset, budget: int, workdir: 
     name = f"bench_fanout_{index}_{int(time.time())}"
     env = {**cluster.settings_env(), "NBML_STORE": cluster.cassandra.uri(name),
            "NBML_BLOBS": cluster.gcs.uri(name.replace("_", "-")),
-           "NBML_TRIAL_FANOUT": "true" if run.fanout else "false", "NBML_LOG_LEVEL": "WARNING"}
+           "NBML_TRIAL_FANOUT": "true" if run.fanout else "false", "NBML_LOG_LEVEL": "WARNING",
+           "NBML_TRIAL_RUNNERS": str(run.runners_per_worker)}
     home = workdir / name
     with LocalPlatform(home, http_port=free_port(), workers=run.workers, env=env) as platform:
         if run.fanout:
             log.info("%s: runners ready in %.1f s", run.label,
-                     wait_for_runners(env["NBML_BUS"], run.workers))
+                     wait_for_runners(env["NBML_BUS"], run.runners))
         with Client(platform.address, timeout=900) as client:
             client.sign_up("bench", PASSWORD)
             path = workdir / f"{dataset.name}.csv"
@@ -129,6 +138,7 @@ def train_once(run: Run, cluster, dataset: suite.Dataset, budget: int, workdir: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
+    parser.add_argument("--runners", type=int, default=1, help="trial runners per worker")
     parser.add_argument("--dataset", default="churn", choices=sorted(suite.DATASETS))
     parser.add_argument("--budget", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=1)
@@ -145,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from deploy.local_cluster.stack import LocalCluster
 
-    runs = [Run(f"{n} worker{'s' if n > 1 else ''}", n, True)
+    per = "" if args.runners == 1 else f" x {args.runners} runners"
+    runs = [Run(f"{n} worker{'s' if n > 1 else ''}{per}", n, True, args.runners)
             for n in map(int, args.workers.split(",")) for _ in range(args.repeats)]
     if args.inline:
         runs.insert(0, Run("1 worker, no fan-out", 1, False))
@@ -165,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
               "cores": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()],
               "runs": [{"label": r.label, "workers": r.workers, "fanout": r.fanout,
+                        "runners": r.runners if r.fanout else 0,
                         "state": r.state, "trials": r.trials,
                         "search_seconds": round(r.search_seconds, 2),
                         "trials_per_second": round(r.trials_per_second, 3),
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{report['cores']} cores, load average before {report['load_average_before'][0]}, "
           f"after {report['load_average_after'][0]}")
     print(f"{'run':<24}{'state':<11}{'trials':>7}{'search s':>10}{'trials/s':>10}"
-          f"{'busy':>7}  trials by worker")
+          f"{'busy':>7}  trials by runner")
     for r in runs:
         shares = ", ".join(str(v) for _, v in sorted(r.by_worker.items()))
         print(f"{r.label:<24}{r.state:<11}{r.trials:>7}{r.search_seconds:>10.1f}"

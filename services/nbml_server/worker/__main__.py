@@ -4,11 +4,12 @@ The offset is committed only after the job's outcome is recorded, so a worker th
 mid-job leaves the event to be delivered again (at least once). An event whose handling
 raises is moved to the dead-letter topic with the reason, and committed.
 
-Beside the jobs, a thread runs trials for any job (`trial_runner`): the worker running
-a job coordinates its search and fans its trials out to every worker's trial runner
-over the bus (`trial_fanout`), its own included. The runner evaluates each trial in a
-child process under the trial memory share (`isolation`). `NBML_TRIAL_FANOUT=false`
-keeps each job's trials in the thread that runs the job.
+Beside the jobs, threads run trials for any job (`trial_runner`): the worker running
+a job coordinates its search and fans its trials out to every trial runner over the
+bus (`trial_fanout`), its own included. A worker has `NBML_TRIAL_RUNNERS` of them (one
+per core by default), sharing the machine's cores (`core_pool`). Each runner
+evaluates its trials in a child process under the trial memory share (`isolation`).
+`NBML_TRIAL_FANOUT=false` keeps each job's trials in the thread that runs the job.
 """
 
 import base64
@@ -27,7 +28,8 @@ from nbml_server.domain.model_registry import ModelRegistry
 from nbml_server.platform.events import JobEventPublisher, decode
 from nbml_server.platform.server import configure_logging, open_platform, stop_on_signals
 from nbml_server.ports.event_bus import DEAD_LETTER_TOPIC, TRAINING_JOBS_TOPIC
-from nbml_server.settings import Settings
+from nbml_server.settings import Settings, machine_cores
+from nbml_server.worker.core_pool import CorePool
 from nbml_server.worker.isolation import IsolatedEvaluator
 from nbml_server.worker.runner import JobRunner
 from nbml_server.worker.trial_fanout import TrialDataCache, fanout_executor
@@ -60,23 +62,31 @@ def main() -> None:
                        worker_name=worker_name, executor_for=executor_for)
     stopping = threading.Event()
     stop_on_signals(stopping.set)
-    # A trial killed for overrunning answers so before its coordinator gives up on it.
-    isolated = IsolatedEvaluator(settings.trial_memory_bytes,
-                                 grace_seconds=LOST_TRIAL_GRACE_SECONDS / 2)
-    try:
-        # The trial process loads its libraries now (seconds), not in the first trial.
-        isolated.start()
-    except Exception:  # noqa: BLE001 - the first trial starts it again
-        log.warning("the trial process did not start", exc_info=True)
-    trial_runner = TrialRunner(platform.bus, platform.blobs, jobs, datasets,
-                               worker_name=worker_name, cache=cache, isolated=isolated,
-                               store_uris=(settings.store_uri, settings.blobs_uri))
-    trials = trial_runner.start(stopping)
-    # Ready once the trial runner subscribed (and its trial process started), so the
-    # first job's trials find it (the coordinator runs trials itself while the runners'
-    # group has no member).
-    if not trial_runner.subscribed.wait(TRIAL_RUNNER_START_SECONDS):
-        log.warning("the trial runner has not subscribed yet (is the bus down?)")
+    # One trial runner per core by default, each with its own trial process, sharing
+    # the machine's cores: trials on small data run side by side.
+    cores = CorePool(machine_cores())
+    evaluators, threads = [], []
+    for index in range(settings.trial_runner_count):
+        # A trial killed for overrunning answers so before its coordinator gives up on it.
+        isolated = IsolatedEvaluator(settings.trial_memory_bytes,
+                                     grace_seconds=LOST_TRIAL_GRACE_SECONDS / 2)
+        evaluators.append(isolated)
+        try:
+            # The trial process loads its libraries now (seconds), not in the first trial.
+            isolated.start()
+        except Exception:  # noqa: BLE001 - the first trial starts it again
+            log.warning("the trial process did not start", exc_info=True)
+        trial_runner = TrialRunner(platform.bus, platform.blobs, jobs, datasets,
+                                   worker_name=f"{worker_name}/{index + 1}", cache=cache,
+                                   isolated=isolated, cores=cores,
+                                   store_uris=(settings.store_uri, settings.blobs_uri))
+        threads.append(trial_runner.start(stopping))
+        # Ready once the trial runners subscribed (and their trial processes started),
+        # so the first job's trials find them (the coordinator runs trials itself while
+        # the runners' group has no member).
+        if not trial_runner.subscribed.wait(TRIAL_RUNNER_START_SECONDS):
+            log.warning("trial runner %d has not subscribed yet (is the bus down?)", index + 1)
+    log.info("worker %s: %d trial runners on %d cores", worker_name, len(threads), cores.total)
     print("LISTENING worker bus", flush=True)
     try:
         while not stopping.is_set():
@@ -89,8 +99,10 @@ def main() -> None:
                             RETRY_SECONDS)
                 stopping.wait(RETRY_SECONDS)
     finally:
-        isolated.close()  # a running trial stops; its request goes to another runner
-        trials.join(TRIAL_RUNNER_STOP_SECONDS)
+        for isolated in evaluators:
+            isolated.close()  # a running trial stops; its request goes to another runner
+        for thread in threads:
+            thread.join(TRIAL_RUNNER_STOP_SECONDS)
         platform.close()
 
 

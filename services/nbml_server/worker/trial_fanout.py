@@ -82,12 +82,12 @@ def oof_key(user_id: str, job_id: str, attempt: int, key: int) -> str:
     return f"{oof_folder(user_id, job_id, attempt)}{key}-{secrets.token_hex(4)}.npy"
 
 
-def encode_request(job: dict, spec: TrialSpec) -> bytes:
+def encode_request(job: dict, spec: TrialSpec, cores: int = 1) -> bytes:
     return pb.TrialRequest(
         training_job=job_name(job["job_id"]), user_id=job["user_id"], attempt=job["attempt"],
         key=spec.key, family=spec.family, params_json=json.dumps(spec.params),
         rung=spec.rung, max_seconds=spec.max_seconds, must_finish=spec.must_finish,
-        keep_oof=spec.keep_oof, time=timestamp(time.time())).SerializeToString()
+        keep_oof=spec.keep_oof, time=timestamp(time.time()), cores=cores).SerializeToString()
 
 
 def spec_of(request: pb.TrialRequest) -> TrialSpec:
@@ -225,7 +225,7 @@ class BusTrialExecutor:
         self.out[(spec.key, spec.rung)] = _Out(spec, lane, now + spec.max_seconds + grace)
         self.trials_by_lane[lane] = self.trials_by_lane.get(lane, 0) + 1
         self.bus.publish(TRIALS_TOPIC, f"{self.job_id}:{spec.key}",
-                         encode_request(self.job, spec), lane=lane)
+                         encode_request(self.job, spec, self.data.ctx.n_jobs), lane=lane)
 
     def collect(self, timeout_seconds: float) -> list[TrialOutcome]:
         outcomes = self.inline.collect(0.0) if self.inline.pending else []

@@ -30,6 +30,7 @@ attempt), once per job attempt.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -50,6 +51,7 @@ from nbml_server.domain.jobs import TERMINAL, Jobs
 from nbml_server.errors import NotFound, Unavailable
 from nbml_server.ports.blob_store import BlobStore
 from nbml_server.ports.event_bus import TRIAL_OUTCOMES_TOPIC, TRIALS_TOPIC, EventBus, Message
+from nbml_server.worker.core_pool import CorePool, PoolStopping
 from nbml_server.worker.isolation import SHUTTING_DOWN
 from nbml_server.worker.runner import CANCEL_CHECK_SECONDS, search_request
 from nbml_server.worker.trial_fanout import (TRIAL_RUNNERS_GROUP, TrialDataCache, encode_array,
@@ -140,12 +142,14 @@ class TrialRunner:
     """Consumes trial requests and publishes their outcomes; `start` runs it in a
     thread until `stopping` is set. `isolated` (with `store_uris`, the table and blob
     stores' URIs for its child) runs the trials in a child process; without it, they
-    run in the runner's thread."""
+    run in the runner's thread. With `cores` (the pool its worker's runners share), a
+    trial starts once the cores it asks for are free."""
 
     def __init__(self, bus: EventBus, blobs: BlobStore, jobs: Jobs, datasets: DatasetCatalog,
                  *, worker_name: str, cache: TrialDataCache | None = None,
                  isolated: Isolation | None = None,
                  store_uris: tuple[str, str] | None = None,
+                 cores: CorePool | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time):
         if isolated is not None and store_uris is None:
@@ -157,6 +161,7 @@ class TrialRunner:
         self.cache = cache if cache is not None else TrialDataCache()
         self.isolated = isolated
         self.store_uris = store_uris
+        self.cores = cores
         self.clock = clock
         self.wall_clock = wall_clock
         self.records = _JobRecords(jobs, clock)
@@ -230,6 +235,18 @@ class TrialRunner:
 
     def _run(self, request: pb.TrialRequest, job_id: str,
              attempt: int) -> tuple[TrialOutcome, float]:
+        """Runs the request once its cores are free; (outcome, seconds it waited since
+        the coordinator sent it, for a runner and for cores)."""
+        hold = (self.cores.hold(request.cores, self.stopping) if self.cores is not None
+                else contextlib.nullcontext(0.0))
+        try:
+            with hold:
+                return self._run_now(request, job_id, attempt)
+        except PoolStopping:
+            raise _Interrupted() from None
+
+    def _run_now(self, request: pb.TrialRequest, job_id: str,
+                 attempt: int) -> tuple[TrialOutcome, float]:
         spec = spec_of(request)
         queued = 0.0
         if request.HasField("time"):

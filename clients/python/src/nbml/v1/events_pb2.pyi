@@ -74,7 +74,7 @@ class JobFailed(_message.Message):
     def __init__(self, error: _Optional[str] = ...) -> None: ...
 
 class TrialRequest(_message.Message):
-    __slots__ = ("training_job", "user_id", "attempt", "key", "family", "params_json", "rung", "max_seconds", "must_finish", "keep_oof", "time")
+    __slots__ = ("training_job", "user_id", "attempt", "key", "family", "params_json", "rung", "max_seconds", "must_finish", "keep_oof", "time", "cores")
     TRAINING_JOB_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class TrialRequest(_message.Message):
     MUST_FINISH_FIELD_NUMBER: _ClassVar[int]
     KEEP_OOF_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    CORES_FIELD_NUMBER: _ClassVar[int]
     training_job: str
     user_id: str
     attempt: int
@@ -97,7 +98,8 @@ class TrialRequest(_message.Message):
     must_finish: bool
     keep_oof: bool
     time: _timestamp_pb2.Timestamp
-    def __init__(self, training_job: _Optional[str] = ..., user_id: _Optional[str] = ..., attempt: _Optional[int] = ..., key: _Optional[int] = ..., family: _Optional[str] = ..., params_json: _Optional[str] = ..., rung: _Optional[int] = ..., max_seconds: _Optional[float] = ..., must_finish: _Optional[bool] = ..., keep_oof: _Optional[bool] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    cores: int
+    def __init__(self, training_job: _Optional[str] = ..., user_id: _Optional[str] = ..., attempt: _Optional[int] = ..., key: _Optional[int] = ..., family: _Optional[str] = ..., params_json: _Optional[str] = ..., rung: _Optional[int] = ..., max_seconds: _Optional[float] = ..., must_finish: _Optional[bool] = ..., keep_oof: _Optional[bool] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cores: _Optional[int] = ...) -> None: ...
 
 class TrialOutcome(_message.Message):
     __slots__ = ("training_job", "user_id", "attempt", "key", "rung", "scores", "fit_seconds", "error", "worker", "oof_blob", "queued_seconds")
