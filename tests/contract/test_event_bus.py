@@ -353,11 +353,53 @@ def test_sqlite_group_members_forgets_a_killed_process(tmp_path, topic, group):
             member.stdin.close()
             member.stdout.close()
         assert bus.group_members(group, topic) == 0  # died without closing
-        # Two open subscriptions do not split the messages: still one share.
+    finally:
+        bus.close()
+
+
+def test_sqlite_members_of_a_group_split_the_lanes_and_take_over_a_leaver_s(tmp_path, group):
+    topic = "split"
+    bus = SqliteEventBus(tmp_path / "bus.db", partitions=4)
+    try:
         first, second = bus.subscribe(topic, group), bus.subscribe(topic, group)
-        assert bus.group_members(group, topic) == 1
-        first.close()
+        assert bus.group_members(group, topic) == 2
+        for n in range(8):
+            bus.publish(topic, "k", str(n).encode(), lane=n % 2)
+        got = {name: _values(poll_n(sub, 4)) for name, sub in (("a", first), ("b", second))}
+        assert first.poll(0.1) == [] and second.poll(0.1) == []
+        # Each member has one lane, in order: lanes 0..n-1 go to n different members.
+        assert sorted(got.values()) == [[b"0", b"2", b"4", b"6"], [b"1", b"3", b"5", b"7"]]
+        # The second commits two of its four and leaves: the first gets the other two.
+        mine = poll_n(bus.subscribe(topic, f"{group}-reader"), 8)
+        second_lane = [m for m in mine if m.value in got["b"]]
+        second.commit(second_lane[1])
         second.close()
+        assert bus.group_members(group, topic) == 1
+        assert _values(poll_n(first, 2)) == got["b"][2:]
+        first.close()
+    finally:
+        bus.close()
+
+
+def test_sqlite_reads_a_bus_file_from_before_partitions(tmp_path, group):
+    import sqlite3
+
+    path = tmp_path / "bus.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        'CREATE TABLE messages ("offset" INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,'
+        " key TEXT NOT NULL, value BLOB NOT NULL, time REAL NOT NULL);"
+        "CREATE TABLE group_offsets (grp TEXT NOT NULL, topic TEXT NOT NULL,"
+        " committed_offset INTEGER NOT NULL, PRIMARY KEY (grp, topic)) WITHOUT ROWID;"
+        "INSERT INTO messages (topic, key, value, time) VALUES ('t', 'k', CAST('done' AS BLOB), 0), "
+        "('t', 'k', CAST('pending' AS BLOB), 0);"
+        f"INSERT INTO group_offsets VALUES ('{group}', 't', 1);")
+    old.close()
+    bus = SqliteEventBus(path)
+    try:
+        subscription = bus.subscribe("t", group)
+        assert _values(poll_n(subscription, 1)) == [b"pending"]  # the old commit holds
+        subscription.close()
     finally:
         bus.close()
 

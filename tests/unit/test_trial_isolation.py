@@ -152,8 +152,17 @@ def test_closing_the_process_executor_kills_its_running_trial(evaluator, source)
     assert evaluator.evaluate("bc", source, spec("logistic_regression", LOGISTIC)).error is None
 
 
-def test_the_trial_memory_setting(monkeypatch):
-    assert Settings().trial_memory_mb >= 512  # half the machine by default
+def test_the_trial_memory_and_runner_settings(monkeypatch):
+    from nbml_server.settings import machine_cores, machine_memory_bytes
+
+    assert Settings().trial_runner_count == machine_cores()  # one runner per core
+    monkeypatch.setenv("NBML_TRIAL_RUNNERS", "1")
+    assert Settings().trial_runner_count == 1
+    # Half the machine, shared by the worker's trial processes.
+    half = machine_memory_bytes() // 2 // 2**20
+    assert Settings().trial_memory_mb == max(512, half)
+    monkeypatch.setenv("NBML_TRIAL_RUNNERS", "4")
+    assert Settings().trial_memory_mb == max(512, half // 4)
     monkeypatch.setenv("NBML_TRIAL_MEMORY_MB", "0")
     assert Settings().trial_memory_bytes is None
     monkeypatch.setenv("NBML_TRIAL_MEMORY_MB", "2048")
