@@ -213,6 +213,9 @@ class _Search:
         self.top_rung = len(data.rungs) - 1
         self.trials: list[TrialResult] = []
         self.unit_fold_seconds: dict[str, list[float]] = {}
+        # The fit seconds of the cheapest first rung run so far: with less time left,
+        # asking Optuna for more (tens of milliseconds each) only eats into the budget.
+        self.cheapest_start: float | None = None
         self.best_by_family: dict[str, TrialResult] = {}
         self.in_flight: dict[int, _InFlight] = {}
         # Pruned trials: trial number -> (rung, score on that rung's subsample).
@@ -281,6 +284,8 @@ class _Search:
         return per_fold * self.data.rungs[rung].folds
 
     def note_cost(self, outcome: TrialOutcome) -> None:
+        if outcome.rung == 0 and outcome.error is None:
+            self.cheapest_start = min(self.cheapest_start or math.inf, outcome.fit_seconds)
         if outcome.scores:
             learner = self.learners[outcome.family]
             unit = (outcome.fit_seconds / len(outcome.scores)
@@ -354,6 +359,10 @@ class _Search:
                          keep_oof=bool(self.oof_capacity) and rung == self.top_rung)
         self.in_flight[spec.key] = _InFlight(ask, spec, self.clock(), spent)
         executor.submit(spec)
+
+    def worth_asking(self) -> bool:
+        """Whether the time left could fit another configuration's first rung."""
+        return self.cheapest_start is None or self.search_time_left() >= self.cheapest_start
 
     def ask_and_submit(self, study: optuna.Study, executor: TrialExecutor,
                        families: list[str]) -> bool:
@@ -474,6 +483,7 @@ class _Search:
                 if started_any and self.search_time_left() <= 0:
                     break
                 while (len(self.in_flight) < executor.capacity and skips < MAX_CONSECUTIVE_SKIPS
+                       and self.worth_asking()
                        and (max_trials is None
                             or len(self.trials) + len(self.in_flight) < max_trials)):
                     skips = 0 if self.ask_and_submit(study, executor, families) else skips + 1
