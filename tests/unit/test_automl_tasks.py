@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from nbml_server.domain.automl import greater_is_better, resolve_metric, resolve_task
-from nbml_server.domain.automl.tasks import classification_score, regression_score
+from nbml_server.domain.automl.tasks import (classification_score, fixed_target_scorer,
+                                             regression_score)
 from nbml_server.errors import InvalidArgument
 
 
@@ -128,3 +129,36 @@ def test_regression_scores():
     assert regression_score("rmse", y, pred) == pytest.approx(math.sqrt(4 / 3))
     assert regression_score("mae", y, pred) == pytest.approx(2 / 3)
     assert regression_score("r2", y, pred) == pytest.approx(1 - 4 / 2)
+
+
+@pytest.mark.parametrize("metric,n_classes", [("log_loss", 3), ("log_loss", 2), ("roc_auc", 2),
+                                              ("roc_auc", 4), ("accuracy", 3), ("f1", 2)])
+def test_the_fixed_target_scorer_gives_the_metric_s_own_values(metric, n_classes):
+    rng = np.random.default_rng(n_classes)
+    classes = [f"c{i}" for i in range(n_classes)]
+    y = np.array(rng.choice(classes, 300), dtype=object)
+    score = fixed_target_scorer(metric, y, classes)
+    for _ in range(5):
+        proba = np.round(rng.random((300, n_classes)), 2)  # ties, for the AUC
+        proba[:5] = 0.0  # rows of zeros, and certainties, for the log loss
+        proba[5:10, 0] = 1.0
+        proba /= np.maximum(proba.sum(axis=1, keepdims=True), 1e-9)
+        assert score(proba) == pytest.approx(classification_score(metric, y, proba, classes),
+                                             rel=1e-12, abs=1e-12)
+
+
+def test_the_fixed_target_scorer_on_a_class_missing_from_the_rows():
+    y = np.array(["a", "a", "b", "b"], dtype=object)
+    proba = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.2, 0.6, 0.2], [0.3, 0.3, 0.4]])
+    for metric in ("roc_auc", "log_loss"):
+        assert fixed_target_scorer(metric, y, ["a", "b", "c"])(proba) == pytest.approx(
+            classification_score(metric, y, proba, ["a", "b", "c"]))
+    assert math.isnan(fixed_target_scorer("roc_auc", y[:2], ["a", "b"])(proba[:2, :2]))
+
+
+@pytest.mark.parametrize("metric", ["rmse", "mae", "r2"])
+def test_the_fixed_target_scorer_for_regression(metric):
+    rng = np.random.default_rng(0)
+    y, pred = rng.normal(size=200), rng.normal(size=200)
+    assert fixed_target_scorer(metric, y)(pred) == pytest.approx(
+        regression_score(metric, y, pred), rel=1e-12)

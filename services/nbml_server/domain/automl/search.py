@@ -585,16 +585,14 @@ class _Search:
     def select(self, candidates: list[int], out_of_time) -> np.ndarray:
         """Greedy selection counts over `candidates` (trial numbers, best first),
         on the metric of the pooled out-of-fold predictions."""
-        y = self.prep.y
-        return greedy_selection([self.oof[n] for n in candidates],
-                                lambda blend: self.data.score_predictions(y, blend),
+        return greedy_selection([self.oof[n] for n in candidates], self.data.scorer,
                                 greater_is_better(self.metric), start=0,
                                 out_of_time=out_of_time)[0]
 
     def fold_scores(self, blend: np.ndarray) -> tuple[float | None, float]:
         """Mean and std over the folds, as a trial's cv_score is computed."""
-        y = self.prep.y
-        scores = [self.data.score_predictions(y[valid], blend[valid]) for _, valid in self.prep.folds]
+        scores = [score(blend[valid])
+                  for score, (_, valid) in zip(self.data.fold_scorers, self.prep.folds)]
         finite = [s for s in scores if math.isfinite(s)]
         if not finite:
             return None, 0.0

@@ -6,10 +6,11 @@ Scores are always in the metric's natural units (rmse is positive, lower is bett
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import (accuracy_score, f1_score, log_loss, mean_absolute_error,
                              mean_squared_error, r2_score, roc_auc_score)
 
@@ -216,3 +217,50 @@ def regression_score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> flo
             return math.nan
         return float(r2_score(y_true, y_pred))
     raise ValueError(f"not a regression metric: {metric!r}")
+
+
+def _rank_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC from ranks (ties share their average rank): the same value as
+    roc_auc_score, an order of magnitude faster."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def fixed_target_scorer(metric: str, y_true: np.ndarray,
+                        classes: Sequence[str] = ()) -> Callable[[np.ndarray], float]:
+    """`metric` of many predictions against one `y_true` (the ensemble selection
+    scores hundreds of blends): the labels are encoded once. The same values as
+    `classification_score` (when `classes`) or `regression_score`, which take
+    milliseconds a call in sklearn's input checks."""
+    classes = list(classes)
+    if not classes:
+        y = np.asarray(y_true, dtype=np.float64)
+        if metric == "rmse":
+            return lambda pred: float(math.sqrt(np.mean((y - pred) ** 2)))
+        if metric == "mae":
+            return lambda pred: float(np.mean(np.abs(y - pred)))
+        return lambda pred: regression_score(metric, y, pred)
+    labels = np.asarray(y_true, dtype=object)
+    index = {c: i for i, c in enumerate(classes)}
+    codes = np.array([index.get(v, -1) for v in labels])
+    if metric == "log_loss" and (codes >= 0).all():
+        rows = np.arange(len(codes))
+        eps = np.finfo(np.float64).eps
+
+        def log_loss_of(proba: np.ndarray) -> float:
+            p = np.clip(proba, 1e-15, 1.0)
+            p = p / p.sum(axis=1, keepdims=True)
+            return float(-np.mean(np.log(np.clip(p[rows, codes], eps, 1 - eps))))
+        return log_loss_of
+    if metric == "roc_auc":
+        present = [j for j in range(len(classes)) if 0 < (codes == j).sum() < len(codes)]
+        if len(classes) == 2:
+            present = [1] if present else []
+        if not present:
+            return lambda proba: math.nan
+        positives = {j: codes == j for j in present}
+        return lambda proba: float(np.mean([_rank_auc(positives[j], proba[:, j])
+                                            for j in present]))
+    return lambda proba: classification_score(metric, labels, proba, classes)

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,7 +30,7 @@ from .deadline import Clock
 from .learners import N_JOBS, Learner, LearnerContext
 from .preparation import Prepared
 from .preprocessing import build_preprocessor
-from .tasks import CLASSIFICATION, align_proba, classification_score, regression_score
+from .tasks import CLASSIFICATION, align_proba, fixed_target_scorer
 
 # From this many cells (rows x columns) per fold, models may use 2 cores.
 PARALLEL_CELLS = 100_000
@@ -181,10 +182,19 @@ class TrialData:
                                model.classes_, self.classes)
         return np.asarray(model.predict(X), dtype=np.float64).reshape(-1)
 
-    def score_predictions(self, y, predictions: np.ndarray) -> float:
-        if self.task == CLASSIFICATION:
-            return classification_score(self.metric, y, predictions, self.classes)
-        return regression_score(self.metric, y, predictions)
+    @cached_property
+    def fold_scorers(self) -> list[Callable[[np.ndarray], float]]:
+        """The metric on each fold's validation rows, as a function of predictions."""
+        return [self._scorer(self.y[valid]) for _, valid in self.folds]
+
+    @cached_property
+    def scorer(self) -> Callable[[np.ndarray], float]:
+        """The metric on all rows (out-of-fold predictions), as a function of predictions."""
+        return self._scorer(self.y)
+
+    def _scorer(self, y) -> Callable[[np.ndarray], float]:
+        return fixed_target_scorer(self.metric, y,
+                                   self.classes if self.task == CLASSIFICATION else ())
 
     def evaluate(self, spec: TrialSpec, should_stop: Callable[[], bool] | None = None,
                  clock: Clock = time.monotonic) -> TrialOutcome:
@@ -224,7 +234,7 @@ class TrialData:
                 model = clone(template)
                 model.fit(Xtr, self.y[train])
                 predictions = self.predict(model, Xva)
-                score = self.score_predictions(self.y[valid], predictions)
+                score = self.fold_scorers[i](predictions)
                 if oof is not None:
                     oof[valid] = predictions
             except Exception as exc:  # noqa: BLE001
