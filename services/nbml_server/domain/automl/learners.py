@@ -380,8 +380,11 @@ def _if_importable(module: str, *learners: Learner) -> tuple[Learner, ...]:
 
 # Cheapest first: the portfolio runs in this order.
 LEARNERS: dict[str, Learner] = _registry(
+    # Weak regularization (C=10) second: on small, clean sets (iris, wine) it has the
+    # best cross-validated log loss of the three; strong (C=0.1) for noisy, wide data.
     Learner("logistic_regression", frozenset({CLASSIFICATION}), SCALED, 1.0,
             defaults=lambda ctx: [{"C": 1.0, "class_weight": None},
+                                  {"C": 10.0, "class_weight": None},
                                   {"C": 0.1, "class_weight": None}],
             space=_logistic_space, build=_logistic_build),
     Learner("ridge", frozenset({REGRESSION}), SCALED, 1.0,
