@@ -131,6 +131,15 @@ def collect_until(executor, n, timeout=30.0):
     return got
 
 
+def test_trials_on_two_cores_go_out_one_per_two_runners(world):
+    data = prepare_trials(request_of(world))
+    data.ctx = dataclasses.replace(data.ctx, n_jobs=2)  # as on larger data
+    assert BusTrialExecutor(LaneBus(world.bus, members=2), world.blobs, world.job,
+                            data).capacity == 1
+    assert BusTrialExecutor(LaneBus(world.bus, members=5), world.blobs, world.job,
+                            data).capacity == 2
+
+
 def test_trials_go_out_on_the_least_busy_lane(world):
     bus = LaneBus(world.bus, members=2)
     data = prepare_trials(request_of(world))

@@ -10,7 +10,9 @@ out-of-fold predictions, when kept, in the blob store.
 
 - Capacity: the coordinator keeps one trial out per trial runner, the number of
   members of the runners' group (`EventBus.group_members`, re-read every few
-  seconds): a worker that joins gets work, one that dies stops getting it.
+  seconds): a worker that joins gets work, one that dies stops getting it. A worker
+  has a runner per core; when the job's models use n cores (larger data), one trial
+  out per n runners.
 - Lanes: each trial goes out on a lane (`EventBus.publish(lane=...)`), the least
   busy of lanes 0..capacity-1. The bus gives lanes 0..n-1 to n different members,
   so with one trial out per lane no trial waits behind another on one worker while
@@ -201,7 +203,10 @@ class BusTrialExecutor:
 
     @property
     def capacity(self) -> int:
-        return max(1, min(MAX_CAPACITY, self._members_now()))
+        # A trial whose models use n cores keeps n runners' share of cores busy (a
+        # worker's runners share its cores, one per core): more out would only queue.
+        runners = self._members_now() // max(1, self.data.ctx.n_jobs)
+        return max(1, min(MAX_CAPACITY, runners))
 
     def _lane(self) -> int:
         """The least busy lane of 0..capacity-1 (trials counted lost are not busy)."""
