@@ -28,6 +28,7 @@ from nbml_server.worker.isolation import SHUTTING_DOWN, IsolatedEvaluator
 from nbml_server.worker.trial_runner import DataSource, TrialRunner, skip_reason
 
 LOGISTIC = {"C": 1.0, "class_weight": None}
+FOREST = {"n_estimators": 30, "max_features": "sqrt", "min_samples_leaf": 1}
 
 
 def frame(n=300, seed=0):
@@ -121,6 +122,22 @@ def test_oof_predictions_travel_through_the_blob_store(world):
     np.testing.assert_allclose(outcome.oof, expected.oof)
     np.testing.assert_allclose(outcome.scores, expected.scores)
     assert world.blobs.list(oof_folder("usr_1", world.job["job_id"], 1)) == []
+    executor.close()
+
+
+def test_a_log_loss_trial_s_temperature_travels_with_its_outcome(world):
+    job = world.jobs.update(world.job["job_id"], lambda j: j.update(metric="log_loss"))
+    world.start_runner()
+    data = prepare_trials(dataclasses.replace(search_request(job, world.datasets)))
+    executor = BusTrialExecutor(world.bus, world.blobs, job, data)
+    spec = TrialSpec(key=4, family="random_forest", params=FOREST, rung=0,
+                     max_seconds=60, keep_oof=True)
+    executor.submit(spec)
+    [outcome] = collect_until(executor, 1)
+    expected = data.evaluate(spec)
+    assert outcome.error is None and expected.temperature != 1.0
+    assert outcome.temperature == pytest.approx(expected.temperature)
+    np.testing.assert_allclose(outcome.scores, expected.scores)
     executor.close()
 
 

@@ -288,7 +288,8 @@ class BusTrialExecutor:
         return TrialOutcome(key=spec.key, rung=spec.rung, family=spec.family,
                             params=dict(spec.params), scores=list(message.scores),
                             fit_seconds=message.fit_seconds, error=message.error or None,
-                            oof=self._load_oof(message.oof_blob), worker=message.worker)
+                            oof=self._load_oof(message.oof_blob), worker=message.worker,
+                            temperature=message.temperature or 1.0)
 
     def _load_oof(self, key: str) -> np.ndarray | None:
         if not key:

@@ -306,7 +306,8 @@ class TrialRunner:
             training_job=job_name(job_id), user_id=request.user_id, attempt=request.attempt,
             key=request.key, rung=request.rung, scores=outcome.scores,
             fit_seconds=outcome.fit_seconds, error=outcome.error or "",
-            worker=self.worker_name, oof_blob=oof_blob, queued_seconds=queued)
+            worker=self.worker_name, oof_blob=oof_blob, queued_seconds=queued,
+            temperature=outcome.temperature)
         self.bus.publish(TRIAL_OUTCOMES_TOPIC, job_id, message.SerializeToString())
 
 

@@ -26,6 +26,7 @@ ALLOWED_TYPES: frozenset[str] = frozenset({
     _OWN + "DatePartsTransformer",
     _OWN + "TextStatsTransformer",
     "nbml_server.domain.automl.estimators.LabelEncodedClassifier",  # xgboost (classification)
+    "nbml_server.domain.automl.estimators.TemperatureScaled",  # log loss
     "nbml_server.domain.automl.ensemble.WeightedEnsemble",
     # numpy.
     "numpy.dtype",

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
+from .calibration import scale
 from .tasks import CLASSIFICATION
 
 ENSEMBLE_FAMILY = "ensemble"
@@ -69,14 +70,16 @@ class WeightedEnsemble(BaseEstimator):
     """Weighted average of fitted pipelines' predictions.
 
     Classification: `predict_proba` averages the members' probabilities (members
-    must share `classes_`), `predict` is the most probable class, `classes_` are
-    strings. Regression: `predict` averages the members' predictions."""
+    must share `classes_`) and scales the average by `temperature`
+    (`calibration.scale`; log loss), `predict` is the most probable class, `classes_`
+    are strings. Regression: `predict` averages the members' predictions."""
 
     def __init__(self, members: Sequence = (), weights: Sequence[float] = (),
-                 task: str = CLASSIFICATION):
+                 task: str = CLASSIFICATION, temperature: float = 1.0):
         self.members = members
         self.weights = weights
         self.task = task
+        self.temperature = temperature
 
     # -- checks
 
@@ -116,7 +119,7 @@ class WeightedEnsemble(BaseEstimator):
         for weight, member in zip(w, self.members):
             proba = np.asarray(member.predict_proba(X), dtype=np.float64) * weight
             out = proba if out is None else out + proba
-        return out
+        return scale(out, self.temperature)
 
     def predict(self, X) -> np.ndarray:
         if self.task == CLASSIFICATION:

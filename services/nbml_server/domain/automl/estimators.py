@@ -9,6 +9,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from .calibration import scale
+
 
 class LabelEncodedClassifier(ClassifierMixin, BaseEstimator):
     """Fits `estimator` on class codes 0..k-1 instead of the labels themselves.
@@ -37,3 +39,28 @@ class LabelEncodedClassifier(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)  # first: raises NotFittedError before fit
         return self.classes_[np.argmax(proba, axis=1)]
 
+
+
+class TemperatureScaled(ClassifierMixin, BaseEstimator):
+    """`estimator`'s probabilities scaled by a temperature fitted during the search
+    (`calibration.scale`); the temperature stays fixed when this is fit."""
+
+    def __init__(self, estimator=None, temperature: float = 1.0):
+        self.estimator = estimator
+        self.temperature = temperature
+
+    def fit(self, X, y):
+        self.estimator_ = clone(self.estimator).fit(X, y)
+        self.classes_ = self.estimator_.classes_
+        if hasattr(self.estimator_, "n_features_in_"):
+            self.n_features_in_ = self.estimator_.n_features_in_
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "estimator_")
+        return scale(self.estimator_.predict_proba(X), self.temperature)
+
+    def predict(self, X):
+        # The temperature keeps each row's most probable class.
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.predict(X)

@@ -54,8 +54,10 @@ from threadpoolctl import threadpool_limits
 
 from nbml_server.errors import InvalidArgument
 
+from .calibration import fit_temperature, scale
 from .deadline import Clock, Deadline
 from .ensemble import ENSEMBLE_FAMILY, WeightedEnsemble, greedy_selection
+from .estimators import TemperatureScaled
 from .learners import LEARNERS, Learner, LearnerContext
 from .preparation import DATASET_FIELD, SearchRequest, prepare
 from .preprocessing import build_preprocessor
@@ -111,12 +113,14 @@ class TrialResult:
     folds: int = 0  # folds completed
     pruned: bool = False  # stopped by successive halving on a subsample (error says why)
     worker: str = ""  # who ran its last rung (TrialOutcome.worker); "" when lost
+    temperature: float = 1.0  # log loss: the probabilities' scaling (TrialOutcome.temperature)
 
 
 @dataclass
 class FittedModel:
     family: str  # "ensemble" for the WeightedEnsemble
-    # ensemble: {"members": [{"family", "trial_number", "weight"}, ...]}
+    # ensemble: {"members": [{"family", "trial_number", "weight"}, ...]}; a model whose
+    # probabilities are temperature-scaled has its "temperature" here too
     params: dict[str, Any]
     cv_score: float
     cv_score_std: float | None
@@ -309,7 +313,8 @@ class _Search:
 
     def record(self, family: str, params: dict, fit_seconds: float, *, scores=(),
                error: str | None = None, pruned: bool = False,
-               oof: np.ndarray | None = None, worker: str = "") -> TrialResult:
+               oof: np.ndarray | None = None, worker: str = "",
+               temperature: float = 1.0) -> TrialResult:
         finite = [s for s in scores if math.isfinite(s)]
         cv_score = cv_std = None
         if error is None and finite:
@@ -317,7 +322,8 @@ class _Search:
             cv_std = float(np.std(finite)) if len(finite) > 1 else 0.0
         trial = TrialResult(number=len(self.trials), family=family, params=dict(params),
                             cv_score=cv_score, cv_score_std=cv_std, fit_seconds=fit_seconds,
-                            error=error, folds=len(scores), pruned=pruned, worker=worker)
+                            error=error, folds=len(scores), pruned=pruned, worker=worker,
+                            temperature=temperature)
         self.keep_oof(trial, oof)
         self.trials.append(trial)
         if trial.cv_score is not None:
@@ -413,12 +419,14 @@ class _Search:
             else:
                 study.tell(flight.ask, state=optuna.trial.TrialState.PRUNED)
                 trial = self.record(outcome.family, outcome.params, spent, error=why,
-                                    pruned=True, worker=outcome.worker)
+                                    pruned=True, worker=outcome.worker,
+                                    temperature=outcome.temperature)
                 if math.isfinite(score):
                     self.partial_scores[trial.number] = (outcome.rung, score)
             return
         trial = self.record(outcome.family, outcome.params, spent, scores=outcome.scores,
-                            error=outcome.error, oof=outcome.oof, worker=outcome.worker)
+                            error=outcome.error, oof=outcome.oof, worker=outcome.worker,
+                            temperature=outcome.temperature)
         if trial.cv_score is not None:
             study.tell(flight.ask, trial.cv_score)
         else:
@@ -525,7 +533,8 @@ class _Search:
         prep = self.prep
         try:
             pipeline = build_pipeline(self.learners[trial.family], trial.params, self.ctx,
-                                      prep.feature_types, prep.active_types)
+                                      prep.feature_types, prep.active_types,
+                                      trial.temperature)
             pipeline.fit(prep.raw_X, prep.y)
         except Exception:  # noqa: BLE001 - keep the models that did refit
             log.warning("refit of trial %d (%s) failed", trial.number, trial.family,
@@ -554,7 +563,7 @@ class _Search:
             if pipeline is not None:
                 fitted[trial.number] = pipeline
         self.member_pipelines = {n: p for n, p in fitted.items() if n not in family_bests}
-        return [FittedModel(t.family, dict(t.params), t.cv_score, t.cv_score_std,
+        return [FittedModel(t.family, model_params(t), t.cv_score, t.cv_score_std,
                             fitted[t.number], t.number) for t in ranked if t.number in fitted]
 
     # -- ensemble
@@ -634,25 +643,47 @@ class _Search:
         total = sum(c for _, c in chosen)
         weights = [c / total for _, c in chosen]
         blend = sum(w * self.oof[n] for (n, _), w in zip(chosen, weights))
-        cv_score, cv_std = self.fold_scores(blend)
+        # Averaging calibrated members makes the blend timid again: it gets its own
+        # temperature.
+        temperature = (fit_temperature(blend, self.data.codes) if self.data.calibrates
+                       else 1.0)
+        cv_score, cv_std = self.fold_scores(scale(blend, temperature) if temperature != 1.0
+                                            else blend)
         if cv_score is None or not better(cv_score, best_single, self.metric):
             return None
         order = sorted(range(len(chosen)), key=lambda i: (-weights[i], chosen[i][0]))
         members = [{"family": trials[chosen[i][0]].family, "trial_number": int(chosen[i][0]),
                     "weight": round(float(weights[i]), 6)} for i in order]
+        params: dict[str, Any] = {"members": members}
+        if temperature != 1.0:
+            params["temperature"] = round(temperature, 6)
         pipeline = WeightedEnsemble([fitted[chosen[i][0]] for i in order],
-                                    [float(weights[i]) for i in order], task=self.prep.task)
-        return FittedModel(ENSEMBLE_FAMILY, {"members": members}, cv_score, cv_std, pipeline, -1)
+                                    [float(weights[i]) for i in order], task=self.prep.task,
+                                    temperature=temperature)
+        return FittedModel(ENSEMBLE_FAMILY, params, cv_score, cv_std, pipeline, -1)
+
+
+def model_params(trial: TrialResult) -> dict[str, Any]:
+    """The trial's configuration, and its temperature when it has one."""
+    params = dict(trial.params)
+    if trial.temperature != 1.0:
+        params["temperature"] = round(trial.temperature, 6)
+    return params
 
 
 def build_pipeline(learner: Learner, params: Mapping[str, Any], ctx: LearnerContext,
-                   feature_types: Mapping[str, str], active_types: Mapping[str, str]) -> Pipeline:
-    """The deployable pipeline: schema coercion, preprocessing, model (unfitted)."""
+                   feature_types: Mapping[str, str], active_types: Mapping[str, str],
+                   temperature: float = 1.0) -> Pipeline:
+    """The deployable pipeline: schema coercion, preprocessing, model (unfitted); the
+    model's probabilities temperature-scaled when `temperature` is not 1."""
+    model = learner.build(params, ctx)
+    if temperature != 1.0:
+        model = TemperatureScaled(model, temperature)
     return Pipeline([
         ("coerce", SchemaCoercer(dict(feature_types))),
         ("preprocess", build_preprocessor(dict(active_types), learner.preprocessing,
                                          ctx.task)),
-        ("model", learner.build(params, ctx)),
+        ("model", model),
     ])
 
 

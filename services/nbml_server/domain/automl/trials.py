@@ -11,6 +11,10 @@ fold only - on large data on a subsample of its training rows (scored on that fo
 full validation rows), then, when a fold has many cells (rows x columns), on all of
 its rows; the last rung is the full k-fold cross-validation, the only one whose
 scores count as a trial's cv_score and whose out-of-fold predictions are kept.
+
+Log loss: a trial's probabilities are temperature-scaled (`calibration`) before they
+are scored, at every rung, with one temperature fitted on the predictions of all its
+completed folds; the temperature is part of the trial's outcome and of its model.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from .calibration import fit_temperature, scale
 from .deadline import Clock
 from .learners import N_JOBS, Learner, LearnerContext
 from .preparation import Prepared
@@ -77,6 +82,7 @@ class TrialOutcome:
     error: str | None = None
     oof: np.ndarray | None = None  # out-of-fold predictions, when asked and complete
     worker: str = ""  # who ran it, for throughput reports
+    temperature: float = 1.0  # log loss: the probabilities' scaling (1.0: none)
 
 
 def error_text(exc: BaseException) -> str:
@@ -157,6 +163,9 @@ class TrialData:
         self.metric = prep.metric
         self.classes = prep.classes
         self.y = prep.y
+        # Class index of every row, for the temperature fit (log loss only).
+        self.codes = (np.searchsorted(np.asarray(prep.classes, dtype=object), prep.y)
+                      if prep.task == CLASSIFICATION else None)
         self.folds = prep.folds
         self.k = len(prep.folds)
         fold_rows = min(len(train) for train, _ in prep.folds)
@@ -192,6 +201,24 @@ class TrialData:
         """The metric on all rows (out-of-fold predictions), as a function of predictions."""
         return self._scorer(self.y)
 
+    @property
+    def calibrates(self) -> bool:
+        return self.task == CLASSIFICATION and self.metric == "log_loss"
+
+    def _calibrate(self, outcome: TrialOutcome,
+                   predicted: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Fits the temperature on the completed folds' (validation rows, probabilities)
+        and rescores them with it, in place."""
+        rows = np.concatenate([valid for valid, _ in predicted])
+        temperature = fit_temperature(np.concatenate([p for _, p in predicted]),
+                                      self.codes[rows])
+        if temperature == 1.0:
+            return
+        outcome.temperature = temperature
+        for i, (valid, proba) in enumerate(predicted):
+            predicted[i] = (valid, scale(proba, temperature))
+            outcome.scores[i] = self.fold_scorers[i](predicted[i][1])
+
     def _scorer(self, y) -> Callable[[np.ndarray], float]:
         return fixed_target_scorer(self.metric, y,
                                    self.classes if self.task == CLASSIFICATION else ())
@@ -207,7 +234,7 @@ class TrialData:
             outcome.error = f"unknown model family {spec.family!r}"
             return outcome
         rung = self.rungs[spec.rung]
-        oof = np.zeros(self.oof_shape()) if spec.keep_oof and rung.rows is None else None
+        predicted: list[tuple[np.ndarray, np.ndarray]] = []  # (validation rows, predictions)
         try:
             template = learner.build(spec.params, self.ctx)
         except Exception as exc:  # noqa: BLE001 - a bad configuration is a failed trial
@@ -235,17 +262,24 @@ class TrialData:
                 model.fit(Xtr, self.y[train])
                 predictions = self.predict(model, Xva)
                 score = self.fold_scorers[i](predictions)
-                if oof is not None:
-                    oof[valid] = predictions
+                predicted.append((valid, predictions))
             except Exception as exc:  # noqa: BLE001
                 outcome.fit_seconds += clock() - started
                 outcome.error = error_text(exc)
                 break
             outcome.fit_seconds += clock() - started
             outcome.scores.append(score)
-        if (oof is not None and outcome.error is None and len(outcome.scores) == self.k
-                and np.all(np.isfinite(oof))):
-            outcome.oof = oof
+        if outcome.error is None and predicted and self.calibrates:
+            started = clock()
+            self._calibrate(outcome, predicted)
+            outcome.fit_seconds += clock() - started
+        if (spec.keep_oof and rung.rows is None and outcome.error is None
+                and len(outcome.scores) == self.k):
+            oof = np.zeros(self.oof_shape())
+            for valid, predictions in predicted:
+                oof[valid] = predictions
+            if np.all(np.isfinite(oof)):
+                outcome.oof = oof
         if outcome.error is None and not any(math.isfinite(s) for s in outcome.scores):
             outcome.error = (f"the metric {self.metric} is undefined on every fold"
                              if outcome.scores else "stopped before the first fold")

@@ -102,7 +102,7 @@ class TrialRequest(_message.Message):
     def __init__(self, training_job: _Optional[str] = ..., user_id: _Optional[str] = ..., attempt: _Optional[int] = ..., key: _Optional[int] = ..., family: _Optional[str] = ..., params_json: _Optional[str] = ..., rung: _Optional[int] = ..., max_seconds: _Optional[float] = ..., must_finish: _Optional[bool] = ..., keep_oof: _Optional[bool] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cores: _Optional[int] = ...) -> None: ...
 
 class TrialOutcome(_message.Message):
-    __slots__ = ("training_job", "user_id", "attempt", "key", "rung", "scores", "fit_seconds", "error", "worker", "oof_blob", "queued_seconds")
+    __slots__ = ("training_job", "user_id", "attempt", "key", "rung", "scores", "fit_seconds", "error", "worker", "oof_blob", "queued_seconds", "temperature")
     TRAINING_JOB_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class TrialOutcome(_message.Message):
     WORKER_FIELD_NUMBER: _ClassVar[int]
     OOF_BLOB_FIELD_NUMBER: _ClassVar[int]
     QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     training_job: str
     user_id: str
     attempt: int
@@ -125,4 +126,5 @@ class TrialOutcome(_message.Message):
     worker: str
     oof_blob: str
     queued_seconds: float
-    def __init__(self, training_job: _Optional[str] = ..., user_id: _Optional[str] = ..., attempt: _Optional[int] = ..., key: _Optional[int] = ..., rung: _Optional[int] = ..., scores: _Optional[_Iterable[float]] = ..., fit_seconds: _Optional[float] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ..., oof_blob: _Optional[str] = ..., queued_seconds: _Optional[float] = ...) -> None: ...
+    temperature: float
+    def __init__(self, training_job: _Optional[str] = ..., user_id: _Optional[str] = ..., attempt: _Optional[int] = ..., key: _Optional[int] = ..., rung: _Optional[int] = ..., scores: _Optional[_Iterable[float]] = ..., fit_seconds: _Optional[float] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ..., oof_blob: _Optional[str] = ..., queued_seconds: _Optional[float] = ..., temperature: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,108 @@
+"""AutoML: temperature scaling of probabilities for log loss - the fit, the estimator
+that carries it, and a log-loss search whose trials and models use it."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import softmax
+from sklearn.metrics import log_loss
+
+from nbml_server.domain.automl import (LEARNERS, LearnerContext, SearchRequest, build_pipeline,
+                                       load_model, prepare_trials, run_search, save_model)
+from nbml_server.domain.automl.calibration import fit_temperature, scale
+from nbml_server.domain.automl.estimators import TemperatureScaled
+from nbml_server.domain.automl.trials import TrialSpec
+
+
+def labelled(n=4_000, classes=4, seed=0):
+    """Logits, and labels drawn from their softmax: those probabilities are calibrated."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=2.0, size=(n, classes))
+    proba = softmax(logits, axis=1)
+    codes = np.array([rng.choice(classes, p=row) for row in proba])
+    return logits, codes
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 1.0, 2.0])
+def test_the_fit_finds_the_temperature_that_distorted_calibrated_probabilities(true_temperature):
+    logits, codes = labelled()
+    distorted = softmax(logits / true_temperature, axis=1)  # T < 1 timid, T > 1 overconfident
+    found = fit_temperature(distorted, codes)
+    # Scaling by `found` undoes the distortion: found ~ 1 / true_temperature.
+    assert found == pytest.approx(1 / true_temperature, rel=0.1)
+    assert log_loss(codes, scale(distorted, found)) <= log_loss(codes, distorted) + 1e-12
+
+
+def test_scaling_keeps_each_row_s_most_probable_class_and_sums_to_one():
+    logits, _ = labelled(n=200)
+    proba = softmax(logits, axis=1)
+    for temperature in (0.1, 0.7, 3.0):
+        scaled = scale(proba, temperature)
+        np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
+        np.testing.assert_array_equal(scaled.argmax(axis=1), proba.argmax(axis=1))
+    np.testing.assert_array_equal(scale(proba, 1.0), proba)
+
+
+def test_probabilities_with_zeros_scale_and_broken_ones_are_left_alone():
+    proba = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.2, 0.8, 0.0]])
+    assert np.all(np.isfinite(scale(proba, 0.3))) and np.all(np.isfinite(scale(proba, 4.0)))
+    assert fit_temperature(np.full((3, 3), np.nan), np.array([0, 1, 2])) == 1.0
+
+
+def frame(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    score = X[:, 0] + 0.5 * X[:, 1] + rng.normal(scale=0.7, size=n)
+    data = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    data["label"] = np.select([score < -0.6, score < 0.6], ["low", "mid"], "high")
+    return data
+
+
+def test_the_estimator_scales_its_model_s_probabilities_and_survives_the_artifact():
+    data = frame()
+    X, y = data.drop(columns="label"), data["label"].to_numpy()
+    types = dict.fromkeys(X.columns, "numeric")
+    ctx = LearnerContext(task="classification", n_rows=len(X), n_classes=3, min_class_count=50)
+    forest = LEARNERS["random_forest"]
+    params = forest.defaults(ctx)[0]
+    plain = build_pipeline(forest, params, ctx, types, types).fit(X, y)
+    scaled = build_pipeline(forest, params, ctx, types, types, temperature=0.4).fit(X, y)
+    assert isinstance(scaled.named_steps["model"], TemperatureScaled)
+    np.testing.assert_allclose(scaled.predict_proba(X), scale(plain.predict_proba(X), 0.4))
+    np.testing.assert_array_equal(scaled.predict(X), plain.predict(X))
+    restored = load_model(save_model(scaled))  # TemperatureScaled is on the allowlist
+    np.testing.assert_allclose(restored.predict_proba(X), scaled.predict_proba(X))
+
+
+def test_a_log_loss_trial_is_scored_on_its_scaled_out_of_fold_probabilities():
+    data = prepare_trials(SearchRequest(frame(), "label", metric="log_loss"))
+    spec = TrialSpec(key=0, family="extra_trees", rung=0, max_seconds=60, keep_oof=True,
+                     params={"n_estimators": 50, "max_features": "sqrt", "min_samples_leaf": 1})
+    outcome = data.evaluate(spec)
+    assert outcome.error is None and outcome.temperature != 1.0
+    expected = [score(outcome.oof[valid])
+                for score, (_, valid) in zip(data.fold_scorers, data.folds)]
+    np.testing.assert_allclose(outcome.scores, expected)
+    unscaled = scale(outcome.oof, 1 / outcome.temperature)
+    assert data.scorer(outcome.oof) < data.scorer(unscaled)
+
+    accuracy = prepare_trials(SearchRequest(frame(), "label", metric="accuracy"))
+    assert accuracy.evaluate(spec).temperature == 1.0  # only log loss is scaled
+
+
+def test_a_log_loss_search_deploys_models_with_their_trial_s_temperature():
+    result = run_search(SearchRequest(frame(), "label", metric="log_loss", max_trials=6,
+                                      families=["extra_trees", "logistic_regression"]))
+    trials = {t.number: t for t in result.trials}
+    assert any(t.temperature != 1.0 for t in result.trials if t.cv_score is not None)
+    for model in result.models:
+        if model.family == "ensemble":
+            assert model.pipeline.temperature == model.params.get("temperature", 1.0)
+            continue
+        temperature = trials[model.trial_number].temperature
+        step = model.pipeline.named_steps["model"]
+        if temperature == 1.0:
+            assert not isinstance(step, TemperatureScaled) and "temperature" not in model.params
+        else:
+            assert step.temperature == temperature
+            assert model.params["temperature"] == pytest.approx(temperature, abs=1e-6)
