@@ -135,7 +135,7 @@ def _method_tables() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 
 
 #: gRPC paths routed with ``timeout: 0s`` and an idle timeout: UploadDataset,
-#: DownloadDataset, WatchTrainingJob, StreamPredict, BatchPredict.
+#: DownloadDataset, DownloadModel, WatchTrainingJob, StreamPredict, BatchPredict.
 #: READ_METHODS: gRPC paths of unary idempotent reads (retried when unreachable).
 #: REST_STREAMING_PATHS: regexes of the REST paths of client-streaming methods.
 LONG_RUNNING_METHODS, READ_METHODS, REST_STREAMING_PATHS = _method_tables()

@@ -81,6 +81,7 @@ def test_another_users_resources_do_not_exist(platform, trained, bob):
         (bob.leaderboard, trained["job"], "TRAINING_JOB_NOT_FOUND"),
         (bob.cancel_job, trained["job"], "TRAINING_JOB_NOT_FOUND"),
         (bob.get_model, trained["model"], "MODEL_NOT_FOUND"),
+        (bob.download_model_bytes, trained["model"], "MODEL_NOT_FOUND"),
         (bob.deploy, trained["model"], "MODEL_NOT_FOUND"),
         (bob.get_endpoint, trained["endpoint"], "ENDPOINT_NOT_FOUND"),
         (bob.delete_endpoint, trained["endpoint"], "ENDPOINT_NOT_FOUND"),

@@ -58,6 +58,55 @@ def test_train_on_every_row_without_holdout(alice):
     assert len(predicted) == 3
 
 
+def test_a_job_limited_to_one_family_started_from_given_params(alice, breast_cancer_features):
+    """families / max_trials / initial_params, and the model downloaded as the very
+    pipeline the endpoint serves."""
+    import numpy as np
+    from nbml_server.domain.automl import load_model
+
+    dataset = alice.upload_dataset(breast_cancer_features.assign(
+        target=(breast_cancer_features["mean radius"] > 14).map({True: "big", False: "small"})),
+        name="one-family")
+    job = alice.train(dataset.name, "target", budget_seconds=30, families=["random_forest"],
+                      max_trials=1, initial_params={"random_forest.n_estimators": 30,
+                                                    "random_forest.min_samples_leaf": 2})
+    assert list(job.families) == ["random_forest"] and job.max_trials == 1
+    assert dict(job.initial_params) == {"random_forest.n_estimators": "30",
+                                        "random_forest.min_samples_leaf": "2"}
+    final = alice.wait_for_job(job.name)
+    assert final.state == trainer_service_pb2.JOB_STATE_SUCCEEDED, final.error
+    board = alice.leaderboard(job.name)
+    assert [t.family for t in board.trials] == ["random_forest"]
+    assert board.trials[0].params["n_estimators"] == "30"
+    assert board.trials[0].params["min_samples_leaf"] == "2"
+    [entry] = board.entries
+    pipeline = load_model(alice.download_model_bytes(entry.model.name))
+    assert len(pipeline.named_steps["model"].estimators_) == 30
+    rows = breast_cancer_features.head(20)
+    served = alice.predict(alice.deploy(entry.model.name).name, rows)
+    np.testing.assert_allclose(served["probability_big"],
+                               pipeline.predict_proba(rows)[:, list(pipeline.classes_).index("big")])
+
+
+def test_bad_search_options_are_refused_with_the_field(alice, trained):
+    from nbml.errors import NbmlError
+
+    cases = [({"families": ["random_forest", "gradient_magic"]}, "training_job.families[1]"),
+             ({"max_trials": -1}, "training_job.max_trials"),
+             ({"initial_params": {"n_estimators": 5}}, "training_job.initial_params[n_estimators]")]
+    for options, field in cases:
+        with pytest.raises(NbmlError) as caught:
+            alice.train(trained["dataset"], "target", budget_seconds=5, **options)
+        assert caught.value.code == "INVALID_ARGUMENT"
+        assert field in [v.field for v in caught.value.field_violations], caught.value
+    # A parameter the family does not have fails the job, saying which.
+    job = alice.train(trained["dataset"], "target", budget_seconds=5, families=["knn"],
+                      initial_params={"knn.n_trees": 3})
+    final = alice.wait_for_job(job.name)
+    assert final.state == trainer_service_pb2.JOB_STATE_FAILED
+    assert "knn has no parameter 'n_trees'" in final.error
+
+
 def test_stream_and_batch_predict(alice, trained, breast_cancer_features):
     frames = [breast_cancer_features.iloc[i:i + 10] for i in range(0, 30, 10)]
     streamed = list(alice.predict_stream(trained["endpoint"], frames))

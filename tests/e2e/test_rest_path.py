@@ -5,6 +5,8 @@ import base64
 import pytest
 import requests
 
+from nbml_server.domain.automl import load_model
+
 pytestmark = pytest.mark.e2e
 
 
@@ -67,6 +69,12 @@ def test_rest_user_path(rest, carol, breast_cancer_csv, breast_cancer_features):
 
     listed = rest("GET", "/v1/datasets?page_size=1", carol).json()
     assert len(listed["datasets"]) == 1
+
+    downloaded = rest("GET", f"/v1/{job['best_model']}:download", carol)
+    assert downloaded.status_code == 200
+    assert downloaded.headers["content-type"] == "application/octet-stream"
+    model = load_model(downloaded.content)
+    assert set(model.predict(breast_cancer_features.head(5))) <= {"malignant", "benign"}
 
 
 def test_rest_errors_carry_status_and_details(rest, carol):

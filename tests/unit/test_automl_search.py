@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from nbml_server.domain.automl import (LEARNERS, Deadline, Learner, SearchRequest, predict_frame,
-                                       run_search)
+from nbml_server.domain.automl import (LEARNERS, Deadline, Learner, LearnerContext, SearchRequest,
+                                       predict_frame, run_search)
 from nbml_server.errors import InvalidArgument
 
 
@@ -256,3 +256,37 @@ def test_too_few_rows_and_duplicate_columns():
     with pytest.raises(InvalidArgument) as e:
         run_search(SearchRequest(frame, "label", budget_seconds=5))
     assert e.value.reason == "DUPLICATE_COLUMNS"
+
+
+# -- initial parameters -----------------------------------------------------------------
+
+def test_initial_params_set_the_family_s_first_configuration_in_its_types():
+    from nbml_server.domain.automl.search import initial_configurations
+
+    ctx = LearnerContext(task="classification", n_rows=500, n_classes=2, min_class_count=100)
+    learners = {name: LEARNERS[name] for name in ("random_forest", "logistic_regression")}
+    configs = initial_configurations({"random_forest.n_estimators": "300",
+                                      "random_forest.max_features": "0.5",
+                                      "logistic_regression.C": "10"}, learners, ctx)
+    assert configs["random_forest"] == {**LEARNERS["random_forest"].defaults(ctx)[0],
+                                        "n_estimators": 300, "max_features": 0.5}
+    assert configs["logistic_regression"]["C"] == 10.0
+    assert isinstance(configs["logistic_regression"]["C"], float)
+
+    for params, field, text in [
+            ({"random_forest.n_estimators": "3.5"}, "random_forest.n_estimators", "whole number"),
+            ({"random_forest.trees": "3"}, "random_forest.trees", "no parameter 'trees'"),
+            ({"knn.n_neighbors": "3"}, "knn.n_neighbors", "not in this search"),
+            ({"logistic_regression.C": "big"}, "logistic_regression.C", "expected a number")]:
+        with pytest.raises(InvalidArgument) as caught:
+            initial_configurations(params, learners, ctx)
+        assert caught.value.violations[0].field == f"training_job.initial_params[{field}]"
+        assert text in caught.value.violations[0].description
+
+
+def test_a_search_starts_from_the_initial_params():
+    result = run_search(SearchRequest(classification_frame(200), "label", families=["random_forest"],
+                                      max_trials=1, initial_params={"random_forest.n_estimators": "7"}))
+    [trial] = result.trials
+    assert trial.params["n_estimators"] == 7
+    assert len(result.best.pipeline.named_steps["model"].estimators_) == 7

@@ -81,6 +81,17 @@ def test_train_holdout_fraction(text, fraction):
     assert args.holdout_fraction == fraction
 
 
+def test_train_search_options():
+    args = parse_args(["train", "ds_1", "--target", "y", "--families", "knn, random_forest",
+                       "--max-trials", "3", "--initial-param", "random_forest.n_estimators=300",
+                       "--initial-param", "knn.weights = uniform"], NO_ENV)
+    assert args.families == ["knn", "random_forest"] and args.max_trials == 3
+    assert args.initial_params == [("random_forest.n_estimators", "300"),
+                                   ("knn.weights", "uniform")]
+    plain = parse_args(["train", "ds_1", "--target", "y"], NO_ENV)
+    assert (plain.families, plain.max_trials, plain.initial_params) == (None, 0, None)
+
+
 @pytest.mark.parametrize("argv, handler", [
     (["up"], "up"),
     (["signup", "ada"], "signup"),
@@ -97,6 +108,7 @@ def test_train_holdout_fraction(text, fraction):
     (["jobs", "list"], "jobs_list"),
     (["jobs", "cancel", "job_1"], "jobs_cancel"),
     (["leaderboard", "job_1"], "leaderboard"),
+    (["models", "download", "mdl_1", "-o", "m.skops"], "models_download"),
     (["deploy", "mdl_1"], "deploy"),
     (["endpoints", "list"], "endpoints_list"),
     (["endpoints", "delete", "ep_1"], "endpoints_delete"),
@@ -128,6 +140,9 @@ def test_verb_arguments():
     ["train", "ds_1", "--target", "y", "--budget", "soon"],
     ["train", "ds_1", "--target", "y", "--holdout-fraction", "some"],
     ["train", "ds_1", "--target", "y", "--holdout-fraction", "nan"],
+    ["train", "ds_1", "--target", "y", "--families", ","],
+    ["train", "ds_1", "--target", "y", "--initial-param", "n_estimators"],
+    ["models", "download", "mdl_1"],         # --output is required
     ["predict", "ep_1"],                     # --input is required
     ["activity", "--limit", "0"],
     ["up", "--port", "70000"],

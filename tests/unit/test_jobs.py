@@ -4,9 +4,11 @@ state machine over the real SQLite table store."""
 import pytest
 
 from nbml_server.adapters.sqlite_table_store import SqliteTableStore
+from nbml_server.domain.automl import LEARNERS
 from nbml_server.domain.jobs import (CANCELLED, DEFAULT_BUDGET_SECONDS,
                                      DEFAULT_HOLDOUT_FRACTION, FAILED, MAX_BUDGET_SECONDS,
-                                     MAX_HOLDOUT_FRACTION, MIN_BUDGET_SECONDS, PENDING, RUNNING,
+                                     MAX_HOLDOUT_FRACTION, MAX_TRIALS, MIN_BUDGET_SECONDS,
+                                     MODEL_FAMILIES, PENDING, RUNNING,
                                      SUCCEEDED, Jobs, check_job_request, holdout_fraction_of,
                                      raise_violations)
 from nbml_server.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -37,6 +39,29 @@ def test_a_good_request_has_no_violations():
     assert check() == []
     assert check(task="classification", metric="roc_auc", budget_seconds=60) == []
     assert check(target_column="age", task="regression", metric="rmse") == []
+
+
+def test_the_job_s_family_names_are_the_search_s():
+    assert set(LEARNERS) <= set(MODEL_FAMILIES)
+    assert set(MODEL_FAMILIES) - set(LEARNERS) <= {"lightgbm", "xgboost"}  # optional ones
+
+
+def test_search_options_name_known_families_and_parameters_of_them():
+    assert check(families=["random_forest", "knn"], max_trials=MAX_TRIALS,
+                 initial_params={"random_forest.n_estimators": "300"}) == []
+    assert check(families=["knn", "boosted_magic"]) == [(
+        "training_job.families[1]",
+        f"unknown model family 'boosted_magic'; one of {', '.join(MODEL_FAMILIES)}",
+        "UNKNOWN_MODEL_FAMILY")]
+    assert reasons(check(max_trials=-1)) == reasons(check(max_trials=MAX_TRIALS + 1)) == [
+        "MAX_TRIALS_OUT_OF_RANGE"]
+    violations = check(families=["knn"], initial_params={
+        "n_estimators": "3", "magic.depth": "2", "random_forest.n_estimators": "3"})
+    assert [field for field, _, _ in violations] == [
+        "training_job.initial_params[magic.depth]",
+        "training_job.initial_params[n_estimators]",
+        "training_job.initial_params[random_forest.n_estimators]"]
+    assert "not among the job's families" in violations[2][1]
 
 
 def test_target_column_required():

@@ -6,7 +6,7 @@ both copies are written on every change.
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from nbml_server.domain.paging import Page, list_page
 from nbml_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
@@ -24,6 +24,12 @@ MIN_BUDGET_SECONDS, MAX_BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS = 5, 86400, 60
 # row (the leaderboard then has cross-validated scores only); more than half would
 # leave too little to learn from.
 MAX_HOLDOUT_FRACTION, DEFAULT_HOLDOUT_FRACTION = 0.5, 0.2
+MAX_TRIALS = 10_000
+# The model families a job may name (`automl.LEARNERS`; lightgbm and xgboost only where
+# their library is installed). Kept here so the trainer checks requests without
+# importing scikit-learn; a unit test keeps the two in step.
+MODEL_FAMILIES = ("logistic_regression", "ridge", "knn", "lightgbm", "hist_gradient_boosting",
+                  "xgboost", "extra_trees", "random_forest", "svm", "mlp")
 
 
 def holdout_fraction_of(job: dict) -> float:
@@ -32,11 +38,14 @@ def holdout_fraction_of(job: dict) -> float:
 
 
 def check_job_request(*, target_column: str, task: str, metric: str, budget_seconds: int,
-                      columns: dict[str, dict], holdout_fraction: float | None = None) -> list:
+                      columns: dict[str, dict], holdout_fraction: float | None = None,
+                      families: Sequence[str] = (), max_trials: int = 0,
+                      initial_params: Mapping[str, str] | None = None) -> list:
     """(field, description, reason) for each problem of a job request, checked against
     the data set's profile (column name -> column profile dict). A `holdout_fraction` of
-    None means the request left it unset."""
-    violations = []
+    None means the request left it unset. Initial parameters are checked here for their
+    family; their names and values, against the family's defaults, by the search."""
+    violations = _search_space_violations(families, max_trials, initial_params or {})
     if not target_column:
         violations.append(("training_job.target_column", "required", "TARGET_COLUMN_MISSING"))
     elif target_column not in columns:
@@ -71,18 +80,50 @@ def check_job_request(*, target_column: str, task: str, metric: str, budget_seco
     return violations
 
 
+def _search_space_violations(families: Sequence[str], max_trials: int,
+                             initial_params: Mapping[str, str]) -> list:
+    violations = []
+    known = ", ".join(MODEL_FAMILIES)
+    for index, family in enumerate(families):
+        if family not in MODEL_FAMILIES:
+            violations.append((f"training_job.families[{index}]",
+                               f"unknown model family {family!r}; one of {known}",
+                               "UNKNOWN_MODEL_FAMILY"))
+    if not 0 <= max_trials <= MAX_TRIALS:
+        violations.append(("training_job.max_trials",
+                           f"must be 0 to {MAX_TRIALS} (0 means until the budget is spent), "
+                           f"got {max_trials}", "MAX_TRIALS_OUT_OF_RANGE"))
+    for key in sorted(initial_params):
+        family, _, param = key.partition(".")
+        problem = None
+        if not param:
+            problem = f"must be named {{family}}.{{parameter}}, got {key!r}"
+        elif family not in MODEL_FAMILIES:
+            problem = f"unknown model family {family!r}; one of {known}"
+        elif families and family not in families:
+            problem = f"family {family!r} is not among the job's families"
+        if problem:
+            violations.append((f"training_job.initial_params[{key}]", problem,
+                               "INVALID_INITIAL_PARAM"))
+    return violations
+
+
 class Jobs:
     def __init__(self, store: TableStore):
         self.store = store
 
     def create(self, *, user_id: str, dataset_id: str, target_column: str, task: str,
-               metric: str, budget_seconds: int, holdout_fraction: float | None = None) -> dict:
+               metric: str, budget_seconds: int, holdout_fraction: float | None = None,
+               families: Sequence[str] = (), max_trials: int = 0,
+               initial_params: Mapping[str, str] | None = None) -> dict:
         now = time.time()
         job = {"job_id": new_id("job"), "user_id": user_id, "dataset_id": dataset_id,
                "target_column": target_column, "task": task, "metric": metric,
                "budget_seconds": budget_seconds or DEFAULT_BUDGET_SECONDS,
                "holdout_fraction": (DEFAULT_HOLDOUT_FRACTION if holdout_fraction is None
                                     else float(holdout_fraction)),
+               "families": list(dict.fromkeys(families)), "max_trials": int(max_trials),
+               "initial_params": dict(initial_params or {}),
                "state": PENDING, "resolved_task": "", "resolved_metric": "",
                "progress": {"trials_completed": 0, "best_score": 0.0,
                             "elapsed_seconds": 0.0, "stage": "queued"},

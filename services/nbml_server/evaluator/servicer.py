@@ -1,6 +1,9 @@
 """EvaluatorService: leaderboards and model evaluations."""
 
+from google.api import httpbody_pb2
+
 from nbml.v1 import evaluator_service_pb2 as pb, evaluator_service_pb2_grpc
+from nbml_server.dataset.servicer import DOWNLOAD_CHUNK_BYTES
 from nbml_server.domain.evaluations import Evaluations
 from nbml_server.domain.jobs import Jobs
 from nbml_server.domain.model_registry import ModelRegistry, StoredEvaluation
@@ -68,6 +71,12 @@ class EvaluatorServicer(evaluator_service_pb2_grpc.EvaluatorServiceServicer):
             page = self.models.list(caller.user_id, request.page_size, request.page_token)
         return pb.ListModelsResponse(models=[model_message(m) for m in page.rows],
                                      next_page_token=page.next_page_token)
+
+    def DownloadModel(self, request, context):
+        data = self.models.artifact(self._get(request.name))
+        for start in range(0, max(len(data), 1), DOWNLOAD_CHUNK_BYTES):
+            yield httpbody_pb2.HttpBody(content_type="application/octet-stream",
+                                        data=data[start:start + DOWNLOAD_CHUNK_BYTES])
 
     def GetModelEvaluation(self, request, context):
         model = self._get(request.name, suffix="/evaluation")

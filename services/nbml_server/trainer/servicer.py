@@ -36,7 +36,10 @@ def job_message(job: dict) -> pb.TrainingJob:
                                 elapsed_seconds=progress["elapsed_seconds"],
                                 stage=progress["stage"]),
         error=job["error"], best_model=f"models/{job['best_model']}" if job["best_model"] else "",
-        create_time=timestamp(job["create_time"]), update_time=timestamp(job["update_time"]))
+        create_time=timestamp(job["create_time"]), update_time=timestamp(job["update_time"]),
+        # Jobs recorded before these options existed have none.
+        families=job.get("families", []), max_trials=job.get("max_trials", 0),
+        initial_params=job.get("initial_params", {}))
 
 
 def trial_message(job_id: str, trial: dict) -> pb.Trial:
@@ -64,13 +67,16 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         dataset = self.datasets.get(caller.user_id, dataset_id)
         task = TASK_NAMES.get(spec.task, "?")
         holdout = spec.holdout_fraction if spec.HasField("holdout_fraction") else None
+        search_space = {"families": list(spec.families), "max_trials": spec.max_trials,
+                        "initial_params": dict(spec.initial_params)}
         raise_violations(check_job_request(
             target_column=spec.target_column, task=task, metric=spec.metric,
             budget_seconds=spec.budget_seconds, holdout_fraction=holdout,
-            columns=self.datasets.column_profiles(dataset)))
+            columns=self.datasets.column_profiles(dataset), **search_space))
         job = self.jobs.create(user_id=caller.user_id, dataset_id=dataset_id,
                                target_column=spec.target_column, task=task, metric=spec.metric,
-                               budget_seconds=spec.budget_seconds, holdout_fraction=holdout)
+                               budget_seconds=spec.budget_seconds, holdout_fraction=holdout,
+                               **search_space)
         try:
             self.events.requested(job)
         except Exception:

@@ -38,7 +38,10 @@ def search_request(job: dict, datasets: DatasetCatalog) -> automl.SearchRequest:
                                 metric=job["metric"] or None,
                                 budget_seconds=float(job["budget_seconds"]),
                                 holdout_fraction=holdout_fraction_of(job),
-                                column_types=column_types)
+                                column_types=column_types,
+                                families=job.get("families") or None,
+                                max_trials=job.get("max_trials") or None,
+                                initial_params=job.get("initial_params") or {})
 
 
 class JobRunner:

@@ -667,6 +667,12 @@ class Client:
         return b"".join(body.data for body in
                         self._server_stream(self._datasets.DownloadDataset, request))
 
+    def download_model_bytes(self, model_id: str) -> bytes:
+        """The fitted model as a skops file (see DownloadModel)."""
+        request = evaluator_service_pb2.DownloadModelRequest(name=resource_name("models", model_id))
+        return b"".join(body.data for body in
+                        self._server_stream(self._evaluator.DownloadModel, request))
+
     def download_dataset(self, dataset_id: str) -> pd.DataFrame:
         data = self.download_dataset_bytes(dataset_id)
         if not data.strip():
@@ -676,13 +682,22 @@ class Client:
     # -------------------------------------------------------------- training
     def train(self, dataset_id: str, target: str, task: str | int = "auto",
               metric: str | None = None, budget_seconds: int = 60,
-              holdout_fraction: float | None = None) -> trainer_service_pb2.TrainingJob:
+              holdout_fraction: float | None = None, *,
+              families: Iterable[str] = (), max_trials: int = 0,
+              initial_params: Mapping[str, Any] | None = None
+              ) -> trainer_service_pb2.TrainingJob:
         """Starts a training job (returns at once, PENDING). ``holdout_fraction``: share
         of the rows kept out of training to measure the models on, 0 to 0.5 (None: the
-        server's default, 0.2; 0: train on every row, cross-validated scores only)."""
+        server's default, 0.2; 0: train on every row, cross-validated scores only).
+        ``families``: the model families to search (default all); ``max_trials``: stop
+        after that many (0: at the budget); ``initial_params``: ``{family}.{param}`` ->
+        value to start that family from (e.g. ``{"random_forest.n_estimators": 300}``)."""
         job = trainer_service_pb2.TrainingJob(
             dataset=resource_name("datasets", dataset_id), target_column=target,
-            task=task_from_str(task), metric=metric or "", budget_seconds=int(budget_seconds or 0))
+            task=task_from_str(task), metric=metric or "", budget_seconds=int(budget_seconds or 0),
+            families=list(families), max_trials=int(max_trials),
+            initial_params={k: v if isinstance(v, str) else json.dumps(v)
+                            for k, v in (initial_params or {}).items()})
         if holdout_fraction is not None:
             job.holdout_fraction = float(holdout_fraction)
         return self._unary(self._trainer.CreateTrainingJob,

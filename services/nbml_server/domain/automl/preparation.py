@@ -9,8 +9,8 @@ rows and folds from the same data set and request.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,9 @@ class SearchRequest:
     max_trials: int | None = None
     # Offer a greedy ensemble of the best trials when it beats the best single one.
     ensemble: bool = True
+    # "{family}.{parameter}" -> value as text (JSON, or a bare string): each named
+    # family's first configuration is its default with these values.
+    initial_params: Mapping[str, str] = field(default_factory=dict)
 
 
 

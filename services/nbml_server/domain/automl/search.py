@@ -36,6 +36,7 @@ trial_number -1) only when its cross-validated score beats the best single trial
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import statistics
@@ -52,7 +53,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from nbml_server.errors import InvalidArgument
+from nbml_server.errors import FieldViolation, InvalidArgument
 
 from .calibration import fit_temperature, scale
 from .deadline import Clock, Deadline
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 __all__ = ["DATASET_FIELD", "SearchRequest"]  # re-exported: they used to live here
 
 BUDGET_FIELD = "training_job.budget_seconds"
+INITIAL_PARAMS_FIELD = "training_job.initial_params"
+FAMILIES_FIELD = "training_job.families"
 MAX_BUDGET_SECONDS = 86_400
 MAX_REFIT_MODELS = 5
 # Optional refits (and the ensemble) start only while they are expected to end
@@ -214,6 +217,8 @@ class _Search:
         self.metric = data.metric
         self.k = data.k
         self.ctx = data.ctx
+        # Checked before anything runs: a bad entry fails the request at once.
+        self.initial = initial_configurations(request.initial_params, self.learners, self.ctx)
         self.top_rung = len(data.rungs) - 1
         self.trials: list[TrialResult] = []
         self.unit_fold_seconds: dict[str, list[float]] = {}
@@ -450,9 +455,13 @@ class _Search:
 
     def portfolio(self) -> list[tuple[str, dict]]:
         """Default configurations, cheapest family first, first defaults of every
-        family before second ones."""
-        per_family = [(l.name, l.defaults(self.ctx))
-                      for l in sorted(self.learners.values(), key=lambda l: l.relative_cost)]
+        family before second ones; the request's initial parameters in the first."""
+        per_family = []
+        for learner in sorted(self.learners.values(), key=lambda l: l.relative_cost):
+            defaults = learner.defaults(self.ctx)
+            if learner.name in self.initial:
+                defaults[0] = self.initial[learner.name]
+            per_family.append((learner.name, defaults))
         out = []
         for rank in range(max(len(d) for _, d in per_family)):
             out += [(name, d[rank]) for name, d in per_family if rank < len(d)]
@@ -671,6 +680,57 @@ def model_params(trial: TrialResult) -> dict[str, Any]:
     return params
 
 
+def _initial_value(text: str, default: Any) -> Any:
+    """A parameter's value as text (as the leaderboard shows it: JSON, or a bare string)
+    in the type of its default; ValueError when it is not."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+    elif isinstance(default, int):
+        if not (number and math.isfinite(value) and float(value).is_integer()):
+            raise ValueError("expected a whole number")
+        value = int(value)
+    elif isinstance(default, float):
+        if not (number and math.isfinite(value)):
+            raise ValueError("expected a number")
+        value = float(value)
+    return value
+
+
+def initial_configurations(initial_params: Mapping[str, str], learners: Mapping[str, Learner],
+                           ctx: LearnerContext) -> dict[str, dict[str, Any]]:
+    """Family -> its first default configuration with the request's initial parameters
+    ("{family}.{parameter}" -> text) applied. Raises InvalidArgument naming the entry
+    whose family is not in the search, parameter unknown or value of the wrong type."""
+    out: dict[str, dict[str, Any]] = {}
+    violations = []
+    for key in sorted(initial_params):
+        family, _, name = key.partition(".")
+        where = f"{INITIAL_PARAMS_FIELD}[{key}]"
+        if family not in learners:
+            violations.append(FieldViolation(where, f"family {family!r} is not in this search "
+                                             f"(families: {', '.join(learners)})"))
+            continue
+        config = out.setdefault(family, dict(learners[family].defaults(ctx)[0]))
+        if name not in config:
+            violations.append(FieldViolation(where, f"{family} has no parameter {name!r}; "
+                                             f"parameters: {', '.join(config)}"))
+            continue
+        try:
+            config[name] = _initial_value(initial_params[key], config[name])
+        except ValueError as exc:
+            violations.append(FieldViolation(where, f"{exc}, got {initial_params[key]!r}"))
+    if violations:
+        raise InvalidArgument(f"{violations[0].field}: {violations[0].description}",
+                              violations, reason="INVALID_INITIAL_PARAM")
+    return out
+
+
 def build_pipeline(learner: Learner, params: Mapping[str, Any], ctx: LearnerContext,
                    feature_types: Mapping[str, str], active_types: Mapping[str, str],
                    temperature: float = 1.0) -> Pipeline:
@@ -691,14 +751,16 @@ def _select_learners(request: SearchRequest, task: str, n_rows: int,
                      registry: Mapping[str, Learner]) -> list[Learner]:
     if request.families is not None:
         unknown = [f for f in request.families if f not in registry]
-        if unknown:
-            raise ValueError(f"unknown model families: {', '.join(unknown)}; known: "
-                             f"{', '.join(registry)}")
+        if unknown:  # e.g. lightgbm on a worker without it
+            raise InvalidArgument.of(FAMILIES_FIELD, f"unknown model families: "
+                                     f"{', '.join(unknown)}; known here: {', '.join(registry)}",
+                                     reason="UNKNOWN_MODEL_FAMILY")
     chosen = [l for l in registry.values()
               if l.supports(task, n_rows) and (request.families is None or l.name in request.families)]
     if not chosen:
-        raise ValueError(f"no model family can handle {task} on {n_rows} rows "
-                         f"(families: {request.families})")
+        raise InvalidArgument.of(FAMILIES_FIELD, f"no model family can handle {task} on "
+                                 f"{n_rows} rows (families: {', '.join(request.families or registry)})",
+                                 reason="NO_MODEL_FAMILY")
     return chosen
 
 

@@ -188,6 +188,15 @@ def datasets_delete(args: Namespace, out: Output) -> int:
     return 0
 
 
+def models_download(args: Namespace, out: Output) -> int:
+    with make_client(args) as client:
+        data = client.download_model_bytes(args.model_id)
+    Path(args.output).write_bytes(data)
+    out.emit({"id": resource_id(args.model_id), "output": args.output, "bytes": len(data)},
+             f"Wrote {len(data)} bytes to {args.output}")
+    return 0
+
+
 def datasets_download(args: Namespace, out: Output) -> int:
     with make_client(args) as client:
         data = client.download_dataset_bytes(args.dataset_id)
@@ -251,7 +260,9 @@ def _finish(client: Client, job: trainer_service_pb2.TrainingJob, out: Output) -
 def train(args: Namespace, out: Output) -> int:
     with make_client(args) as client:
         job = client.train(args.dataset_id, args.target, task=args.task, metric=args.metric,
-                           budget_seconds=args.budget, holdout_fraction=args.holdout_fraction)
+                           budget_seconds=args.budget, holdout_fraction=args.holdout_fraction,
+                           families=args.families or (), max_trials=args.max_trials,
+                           initial_params=dict(args.initial_params or ()))
         job_id = resource_id(job.name)
         if not args.wait:
             out.emit(render.job_doc(job), job_id)

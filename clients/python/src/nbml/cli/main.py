@@ -58,6 +58,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _name_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected one or more comma-separated names")
+    return names
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected FAMILY.PARAM=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -138,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the rows kept out of training to measure the models on, "
                         "0 to 0.5 (default 0.2); 0 trains on every row and the leaderboard "
                         "shows cross-validated scores only")
+    p.add_argument("--families", type=_name_list, default=None, metavar="A,B",
+                   help="model families to search, comma-separated, e.g. "
+                        "logistic_regression,random_forest (default: all that suit the data)")
+    p.add_argument("--max-trials", type=int, default=0, metavar="N",
+                   help="stop after N trials (default 0: when the budget is spent)")
+    p.add_argument("--initial-param", dest="initial_params", action="append", default=None,
+                   type=_key_value, metavar="FAMILY.PARAM=VALUE",
+                   help="start FAMILY from its default with PARAM=VALUE (repeatable), "
+                        "e.g. random_forest.n_estimators=300")
     p.add_argument("--wait", action="store_true",
                    help="wait for the job, show progress, then the leaderboard")
 
@@ -158,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", metavar="JOB_ID", help="only the models of this job")
     p = verb(models, "get", "models_get", "show a model and its holdout evaluation")
     p.add_argument("model_id", metavar="MODEL_ID")
+    p = verb(models, "download", "models_download",
+             "download a fitted model as a skops file (a scikit-learn pipeline)")
+    p.add_argument("model_id", metavar="MODEL_ID")
+    p.add_argument("--output", "-o", required=True, metavar="FILE.skops")
 
     p = verb(verbs, "deploy", "deploy", "deploy a model to a new endpoint")
     p.add_argument("model_id", metavar="MODEL_ID")

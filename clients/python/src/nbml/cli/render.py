@@ -139,6 +139,9 @@ def job_doc(job: Any) -> dict[str, Any]:
         # None from a server that predates the option.
         "holdout_fraction": (num(job.holdout_fraction) if job.HasField("holdout_fraction")
                              else None),
+        "families": list(job.families),  # [] = every family
+        "max_trials": job.max_trials or None,
+        "initial_params": dict(job.initial_params),
         "progress": {
             "trials_completed": p.trials_completed,
             "best_score": num(p.best_score) if p.trials_completed else None,
@@ -310,6 +313,9 @@ def job_text(doc: dict[str, Any]) -> str:
         f"metric:      {doc['metric'] or '-'}",
         f"budget:      {doc['budget_seconds']}s",
         f"holdout:     {fmt_holdout(doc.get('holdout_fraction'))}",
+        f"families:    {', '.join(doc.get('families') or []) or 'all'}"
+        + (f", at most {doc['max_trials']} trials" if doc.get("max_trials") else ""),
+        *[f"start from:  {k}={v}" for k, v in sorted((doc.get("initial_params") or {}).items())],
         f"progress:    {p['trials_completed']} trials, best {fmt_score(p['best_score'])}, "
         f"{fmt_score(p['elapsed_seconds'], 0)}s" + (f", {p['stage']}" if p["stage"] else ""),
         f"best model:  {doc['best_model'] or '-'}",

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from nbml.v1 import evaluator_service_pb2 as nbml_dot_v1_dot_evaluator__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -50,6 +51,11 @@ class EvaluatorServiceStub:
                 request_serializer=nbml_dot_v1_dot_evaluator__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=nbml_dot_v1_dot_evaluator__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.DownloadModel = channel.unary_stream(
+                '/nbml.v1.EvaluatorService/DownloadModel',
+                request_serializer=nbml_dot_v1_dot_evaluator__service__pb2.DownloadModelRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetModelEvaluation = channel.unary_unary(
                 '/nbml.v1.EvaluatorService/GetModelEvaluation',
                 request_serializer=nbml_dot_v1_dot_evaluator__service__pb2.GetModelEvaluationRequest.SerializeToString,
@@ -81,6 +87,15 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadModel(self, request, context):
+        """The fitted model as a skops file (a scikit-learn Pipeline, or the ensemble of
+        them), streamed in chunks: load it with `skops.io.loads` trusting the types that
+        `skops.io.get_untrusted_types` lists, with this package installed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelEvaluation(self, request, context):
         """Holdout metrics and permutation feature importance of one model.
         """
@@ -105,6 +120,11 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=nbml_dot_v1_dot_evaluator__service__pb2.ListModelsRequest.FromString,
                     response_serializer=nbml_dot_v1_dot_evaluator__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'DownloadModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadModel,
+                    request_deserializer=nbml_dot_v1_dot_evaluator__service__pb2.DownloadModelRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetModelEvaluation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelEvaluation,
@@ -194,6 +214,33 @@ class EvaluatorService:
             '/nbml.v1.EvaluatorService/ListModels',
             nbml_dot_v1_dot_evaluator__service__pb2.ListModelsRequest.SerializeToString,
             nbml_dot_v1_dot_evaluator__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nbml.v1.EvaluatorService/DownloadModel',
+            nbml_dot_v1_dot_evaluator__service__pb2.DownloadModelRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

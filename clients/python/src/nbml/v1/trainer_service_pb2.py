@@ -28,13 +28,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nbml.v1 import common_pb2 as nbml_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dnbml/v1/trainer_service.proto\x12\x07nbml.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14nbml/v1/common.proto\"c\n\x0bJobProgress\x12\x18\n\x10trials_completed\x18\x01 \x01(\x05\x12\x12\n\nbest_score\x18\x02 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x03 \x01(\x01\x12\r\n\x05stage\x18\x04 \x01(\t\"\x8c\x04\n\x0bTrainingJob\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x64\x61taset\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rtarget_column\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x04task\x18\x04 \x01(\x0e\x32\r.nbml.v1.Task\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x16\n\x0e\x62udget_seconds\x18\x06 \x01(\x05\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x11.nbml.v1.JobStateB\x04\xe2\x41\x01\x03\x12*\n\rresolved_task\x18\x08 \x01(\x0e\x32\r.nbml.v1.TaskB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fresolved_metric\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12,\n\x08progress\x18\n \x01(\x0b\x32\x14.nbml.v1.JobProgressB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nbest_model\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x10holdout_fraction\x18\x0f \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_holdout_fraction\"L\n\x18\x43reateTrainingJobRequest\x12\x30\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\x14.nbml.v1.TrainingJobB\x04\xe2\x41\x01\x02\"+\n\x15GetTrainingJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x18ListTrainingJobsResponse\x12+\n\rtraining_jobs\x18\x01 \x03(\x0b\x32\x14.nbml.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x18\x43\x61ncelTrainingJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"-\n\x17WatchTrainingJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x8d\x02\n\x05Trial\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12*\n\x06params\x18\x04 \x03(\x0b\x32\x1a.nbml.v1.Trial.ParamsEntry\x12\x10\n\x08\x63v_score\x18\x05 \x01(\x01\x12\x14\n\x0c\x63v_score_std\x18\x06 \x01(\x01\x12\x13\n\x0b\x66it_seconds\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12/\n\x0b\x66inish_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x11ListTrialsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x12ListTrialsResponse\x12\x1e\n\x06trials\x18\x01 \x03(\x0b\x32\x0e.nbml.v1.Trial\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xc9\x05\n\x0eTrainerService\x12t\n\x11\x43reateTrainingJob\x12!.nbml.v1.CreateTrainingJobRequest\x1a\x14.nbml.v1.TrainingJob\"&\x82\xd3\xe4\x93\x02 \"\x10/v1/trainingJobs:\x0ctraining_job\x12i\n\x0eGetTrainingJob\x12\x1e.nbml.v1.GetTrainingJobRequest\x1a\x14.nbml.v1.TrainingJob\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=trainingJobs/*}\x12q\n\x10ListTrainingJobs\x12 .nbml.v1.ListTrainingJobsRequest\x1a!.nbml.v1.ListTrainingJobsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/trainingJobs\x12y\n\x11\x43\x61ncelTrainingJob\x12!.nbml.v1.CancelTrainingJobRequest\x1a\x14.nbml.v1.TrainingJob\"+\x82\xd3\xe4\x93\x02%\" /v1/{name=trainingJobs/*}:cancel:\x01*\x12u\n\x10WatchTrainingJob\x12 .nbml.v1.WatchTrainingJobRequest\x1a\x14.nbml.v1.TrainingJob\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=trainingJobs/*}:watch0\x01\x12q\n\nListTrials\x12\x1a.nbml.v1.ListTrialsRequest\x1a\x1b.nbml.v1.ListTrialsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=trainingJobs/*}/trialsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dnbml/v1/trainer_service.proto\x12\x07nbml.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14nbml/v1/common.proto\"c\n\x0bJobProgress\x12\x18\n\x10trials_completed\x18\x01 \x01(\x05\x12\x12\n\nbest_score\x18\x02 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x03 \x01(\x01\x12\r\n\x05stage\x18\x04 \x01(\t\"\xa9\x05\n\x0bTrainingJob\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x64\x61taset\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rtarget_column\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x04task\x18\x04 \x01(\x0e\x32\r.nbml.v1.Task\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x16\n\x0e\x62udget_seconds\x18\x06 \x01(\x05\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x11.nbml.v1.JobStateB\x04\xe2\x41\x01\x03\x12*\n\rresolved_task\x18\x08 \x01(\x0e\x32\r.nbml.v1.TaskB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fresolved_metric\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12,\n\x08progress\x18\n \x01(\x0b\x32\x14.nbml.v1.JobProgressB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nbest_model\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x10holdout_fraction\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x66\x61milies\x18\x10 \x03(\t\x12\x12\n\nmax_trials\x18\x11 \x01(\x05\x12?\n\x0einitial_params\x18\x12 \x03(\x0b\x32\'.nbml.v1.TrainingJob.InitialParamsEntry\x1a\x34\n\x12InitialParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x13\n\x11_holdout_fraction\"L\n\x18\x43reateTrainingJobRequest\x12\x30\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\x14.nbml.v1.TrainingJobB\x04\xe2\x41\x01\x02\"+\n\x15GetTrainingJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x18ListTrainingJobsResponse\x12+\n\rtraining_jobs\x18\x01 \x03(\x0b\x32\x14.nbml.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x18\x43\x61ncelTrainingJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"-\n\x17WatchTrainingJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x8d\x02\n\x05Trial\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12*\n\x06params\x18\x04 \x03(\x0b\x32\x1a.nbml.v1.Trial.ParamsEntry\x12\x10\n\x08\x63v_score\x18\x05 \x01(\x01\x12\x14\n\x0c\x63v_score_std\x18\x06 \x01(\x01\x12\x13\n\x0b\x66it_seconds\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12/\n\x0b\x66inish_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x11ListTrialsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x12ListTrialsResponse\x12\x1e\n\x06trials\x18\x01 \x03(\x0b\x32\x0e.nbml.v1.Trial\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xc9\x05\n\x0eTrainerService\x12t\n\x11\x43reateTrainingJob\x12!.nbml.v1.CreateTrainingJobRequest\x1a\x14.nbml.v1.TrainingJob\"&\x82\xd3\xe4\x93\x02 \"\x10/v1/trainingJobs:\x0ctraining_job\x12i\n\x0eGetTrainingJob\x12\x1e.nbml.v1.GetTrainingJobRequest\x1a\x14.nbml.v1.TrainingJob\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=trainingJobs/*}\x12q\n\x10ListTrainingJobs\x12 .nbml.v1.ListTrainingJobsRequest\x1a!.nbml.v1.ListTrainingJobsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/trainingJobs\x12y\n\x11\x43\x61ncelTrainingJob\x12!.nbml.v1.CancelTrainingJobRequest\x1a\x14.nbml.v1.TrainingJob\"+\x82\xd3\xe4\x93\x02%\" /v1/{name=trainingJobs/*}:cancel:\x01*\x12u\n\x10WatchTrainingJob\x12 .nbml.v1.WatchTrainingJobRequest\x1a\x14.nbml.v1.TrainingJob\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=trainingJobs/*}:watch0\x01\x12q\n\nListTrials\x12\x1a.nbml.v1.ListTrialsRequest\x1a\x1b.nbml.v1.ListTrialsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=trainingJobs/*}/trialsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nbml.v1.trainer_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TRAININGJOB_INITIALPARAMSENTRY']._loaded_options = None
+  _globals['_TRAININGJOB_INITIALPARAMSENTRY']._serialized_options = b'8\001'
   _globals['_TRAININGJOB'].fields_by_name['name']._loaded_options = None
   _globals['_TRAININGJOB'].fields_by_name['name']._serialized_options = b'\342A\001\003'
   _globals['_TRAININGJOB'].fields_by_name['dataset']._loaded_options = None
@@ -81,32 +83,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINERSERVICE'].methods_by_name['WatchTrainingJob']._serialized_options = b'\202\323\344\223\002!\022\037/v1/{name=trainingJobs/*}:watch'
   _globals['_TRAINERSERVICE'].methods_by_name['ListTrials']._loaded_options = None
   _globals['_TRAINERSERVICE'].methods_by_name['ListTrials']._serialized_options = b'\202\323\344\223\002$\022\"/v1/{parent=trainingJobs/*}/trials'
-  _globals['_JOBSTATE']._serialized_start=1604
-  _globals['_JOBSTATE']._serialized_end=1759
+  _globals['_JOBSTATE']._serialized_start=1761
+  _globals['_JOBSTATE']._serialized_end=1916
   _globals['_JOBPROGRESS']._serialized_start=160
   _globals['_JOBPROGRESS']._serialized_end=259
   _globals['_TRAININGJOB']._serialized_start=262
-  _globals['_TRAININGJOB']._serialized_end=786
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=788
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=864
-  _globals['_GETTRAININGJOBREQUEST']._serialized_start=866
-  _globals['_GETTRAININGJOBREQUEST']._serialized_end=909
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=911
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=975
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=977
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1073
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1075
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=1121
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1123
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1168
-  _globals['_TRIAL']._serialized_start=1171
-  _globals['_TRIAL']._serialized_end=1440
-  _globals['_TRIAL_PARAMSENTRY']._serialized_start=1395
-  _globals['_TRIAL_PARAMSENTRY']._serialized_end=1440
-  _globals['_LISTTRIALSREQUEST']._serialized_start=1442
-  _globals['_LISTTRIALSREQUEST']._serialized_end=1522
-  _globals['_LISTTRIALSRESPONSE']._serialized_start=1524
-  _globals['_LISTTRIALSRESPONSE']._serialized_end=1601
-  _globals['_TRAINERSERVICE']._serialized_start=1762
-  _globals['_TRAINERSERVICE']._serialized_end=2475
+  _globals['_TRAININGJOB']._serialized_end=943
+  _globals['_TRAININGJOB_INITIALPARAMSENTRY']._serialized_start=870
+  _globals['_TRAININGJOB_INITIALPARAMSENTRY']._serialized_end=922
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=945
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=1021
+  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1023
+  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1066
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1068
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1132
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1134
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1230
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1232
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=1278
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1280
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1325
+  _globals['_TRIAL']._serialized_start=1328
+  _globals['_TRIAL']._serialized_end=1597
+  _globals['_TRIAL_PARAMSENTRY']._serialized_start=1552
+  _globals['_TRIAL_PARAMSENTRY']._serialized_end=1597
+  _globals['_LISTTRIALSREQUEST']._serialized_start=1599
+  _globals['_LISTTRIALSREQUEST']._serialized_end=1679
+  _globals['_LISTTRIALSRESPONSE']._serialized_start=1681
+  _globals['_LISTTRIALSRESPONSE']._serialized_end=1758
+  _globals['_TRAINERSERVICE']._serialized_start=1919
+  _globals['_TRAINERSERVICE']._serialized_end=2632
 # @@protoc_insertion_point(module_scope)

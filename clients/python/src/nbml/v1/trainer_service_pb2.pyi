@@ -41,7 +41,14 @@ class JobProgress(_message.Message):
     def __init__(self, trials_completed: _Optional[int] = ..., best_score: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "dataset", "target_column", "task", "metric", "budget_seconds", "state", "resolved_task", "resolved_metric", "progress", "error", "best_model", "create_time", "update_time", "holdout_fraction")
+    __slots__ = ("name", "dataset", "target_column", "task", "metric", "budget_seconds", "state", "resolved_task", "resolved_metric", "progress", "error", "best_model", "create_time", "update_time", "holdout_fraction", "families", "max_trials", "initial_params")
+    class InitialParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     TARGET_COLUMN_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +64,9 @@ class TrainingJob(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     HOLDOUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    FAMILIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_PARAMS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset: str
     target_column: str
@@ -72,7 +82,10 @@ class TrainingJob(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     holdout_fraction: float
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., target_column: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., metric: _Optional[str] = ..., budget_seconds: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., resolved_task: _Optional[_Union[_common_pb2.Task, str]] = ..., resolved_metric: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., best_model: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holdout_fraction: _Optional[float] = ...) -> None: ...
+    families: _containers.RepeatedScalarFieldContainer[str]
+    max_trials: int
+    initial_params: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., target_column: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., metric: _Optional[str] = ..., budget_seconds: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., resolved_task: _Optional[_Union[_common_pb2.Task, str]] = ..., resolved_metric: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., best_model: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holdout_fraction: _Optional[float] = ..., families: _Optional[_Iterable[str]] = ..., max_trials: _Optional[int] = ..., initial_params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
     __slots__ = ("training_job",)
