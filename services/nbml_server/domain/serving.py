@@ -1,4 +1,5 @@
-"""Predictions from deployed models, with the loaded models kept hot in an LRU cache."""
+"""Predictions from deployed models, with the loaded models kept hot in an LRU cache
+and concurrent requests for one model predicted together (`batching`)."""
 
 import threading
 from collections import OrderedDict
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from nbml_server.domain import automl
+from nbml_server.domain.batching import MicroBatcher
 from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.endpoints import Endpoints
 from nbml_server.domain.model_registry import ModelRegistry
@@ -89,13 +91,18 @@ class Predictor:
         self.models = models
         self.datasets = datasets
         self.cache = cache
+        self.batcher = MicroBatcher()
 
     def predict(self, user_id: str, endpoint_id: str, rows: list[dict]) -> tuple[str, list]:
         endpoint = self.endpoints.get(user_id, endpoint_id)
         model = self.models.get(user_id, endpoint["model_id"])
         check_rows(rows, model["feature_columns"])
-        frame = automl.rows_to_frame(rows, model["feature_columns"])
-        return model["model_id"], predictions_of(self.cache.pipeline(model), model, frame)
+        pipeline = self.cache.pipeline(model)
+
+        def predict(all_rows: list[dict]) -> list[Prediction]:
+            frame = automl.rows_to_frame(all_rows, model["feature_columns"])
+            return predictions_of(pipeline, model, frame)
+        return model["model_id"], self.batcher.run(model["model_id"], rows, predict)
 
     def batch_predict(self, user_id: str, endpoint_id: str, dataset_id: str) -> dict:
         endpoint = self.endpoints.get(user_id, endpoint_id)

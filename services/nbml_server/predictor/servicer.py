@@ -20,6 +20,25 @@ def endpoint_message(record: dict) -> pb.Endpoint:
                        feature_columns=record["feature_columns"])
 
 
+def _plain(value):
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind in (None, "null_value"):
+        return None
+    return json_format.MessageToDict(value)  # a list or an object, as it always was
+
+
+def row_dict(row) -> dict:
+    """A Struct row as a dict, as json_format.MessageToDict gives it but without its
+    generic walk (a few microseconds a row instead of tens)."""
+    return {name: _plain(value) for name, value in row.fields.items()}
+
+
 def prediction_messages(predictions) -> list[pb.Prediction]:
     return [pb.Prediction(label=p.label, value=p.value, probabilities=p.probabilities)
             for p in predictions]
@@ -81,4 +100,4 @@ class PredictorServicer(predictor_service_pb2_grpc.PredictorServiceServicer):
     def _predict(self, endpoint: str, rows) -> tuple[str, list]:
         return self.predictor.predict(current_caller().user_id,
                                       parse_name(endpoint, "endpoints", "endpoint"),
-                                      [json_format.MessageToDict(row) for row in rows])
+                                      [row_dict(row) for row in rows])
