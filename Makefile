@@ -7,9 +7,12 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 BUF := build/tools/node_modules/.bin/buf
 GRPCURL_VERSION := v1.9.3
 GRPCURL := build/tools/bin/grpcurl
+GHZ_VERSION := v0.120.0
+GHZ := build/tools/bin/ghz
 PORT ?= 8080
 
-.PHONY: up up-cluster test venv gen lint-protos bench-automl bench-fanout clean
+.PHONY: up up-cluster test venv gen protodeps lint-protos bench-automl bench-fanout \
+	bench-serving clean
 
 up: venv
 	$(UV) run nbml up --port $(PORT)
@@ -41,10 +44,12 @@ $(BUF):
 
 # buf's registry is not reachable everywhere, so googleapis' annotations come from the
 # googleapis-common-protos wheel already in the venv.
-lint-protos: venv $(BUF)
+protodeps: venv
 	mkdir -p build/protodeps/google/api
 	src=$$($(UV) run --frozen python -c 'import google.api; print(list(google.api.__path__)[0])') && \
 	  for f in annotations http httpbody field_behavior; do cp "$$src/$$f.proto" build/protodeps/google/api/; done
+
+lint-protos: protodeps $(BUF)
 	$(BUF) lint
 
 # The platform's AutoML beside FLAML, H2O AutoML and a default HistGradientBoosting, on
@@ -59,6 +64,19 @@ bench-automl: $(UV)
 # About 5 minutes; BENCH_FANOUT_ARGS="--dataset housing --budget 60 --inline --repeats 2".
 bench-fanout: venv
 	$(UV) run python -m tools.bench.fanout $(BENCH_FANOUT_ARGS)
+
+# The predictor against `mlflow models serve` on the same three fitted models, under
+# native load (wrk from Debian's package, ghz from the Go module proxy); ~10 minutes.
+# BENCH_SERVING_ARGS="--seconds 5 --models logistic_regression" for a quick look.
+bench-serving: venv protodeps $(GHZ) /usr/bin/wrk
+	$(UV) sync --frozen --extra cluster --group serving-bench
+	$(UV) run --frozen --group serving-bench python -m tools.bench.serving $(BENCH_SERVING_ARGS)
+
+$(GHZ):
+	GOBIN=$(CURDIR)/build/tools/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+/usr/bin/wrk:
+	apt-get install -y -q wrk || sudo apt-get install -y -q wrk
 
 clean:
 	rm -rf .venv .tools build

@@ -31,7 +31,6 @@ import platform as _platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, r2_score, roc_auc_score
 
 from . import report, suite
+from .run_info import git_commit, json_default, load_average
 from .suite import BINARY, MULTICLASS, REGRESSION, Dataset
 from .systems import PEERS, SYSTEMS, Outcome, System, Unavailable, labels
 
@@ -150,8 +150,8 @@ class Bench:
             "systems": self.system_names, "missing": self.missing, "versions": versions,
             "machine": {"cpus": os.cpu_count(), "python": _platform.python_version(),
                         "platform": _platform.platform(),
-                        "load_average_at_start": _load_average()},
-            "commit": _git_commit(), "split": {"test_size": suite.TEST_SIZE,
+                        "load_average_at_start": load_average()},
+            "commit": git_commit(), "split": {"test_size": suite.TEST_SIZE,
                                                "random_state": suite.SPLIT_SEED,
                                                "stratified": "classification"},
         }
@@ -203,7 +203,7 @@ class Bench:
     def _run_one(self, dataset: Dataset, system: System, budget: int | None,
                  train: pd.DataFrame, test_X: pd.DataFrame, y_test: pd.Series) -> None:
         label = f"{dataset.name} {system.name}" + (f" @{budget}s" if budget else "")
-        load = _load_average()
+        load = load_average()
         # Each system gets its own copy: none can alter what the next one sees.
         try:
             outcome = system.run(dataset, train.copy(), test_X.copy(),
@@ -246,7 +246,7 @@ class Bench:
         ratios, summary = comparisons(self.runs, self.budgets, self.datasets)
         return {"meta": {**self.meta, "partial": partial,
                          "elapsed_seconds": round(time.time() - self.started, 1),
-                         "load_average_at_end": _load_average()},
+                         "load_average_at_end": load_average()},
                 "datasets": list(self.summaries.values()),
                 "runs": self.runs, "ratios": ratios, "summary": summary}
 
@@ -254,7 +254,7 @@ class Bench:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         result = self.result(partial)
         tmp = self.output_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1, default=_json_default))
+        tmp.write_text(json.dumps(result, indent=1, default=json_default))
         tmp.replace(self.output_dir / "results.json")
         return result
 
@@ -294,41 +294,6 @@ def comparisons(runs: list[dict], budgets: list[int], datasets: list[Dataset]
 
 
 # ------------------------------------------------------------------ helpers
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _git_commit() -> str | None:
-    """The commit the code comes from, with "+dirty" when the tree has changes."""
-    here = pathlib.Path(__file__).parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=here)
-        commit = out.stdout.strip()
-        if not commit:
-            return None
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], capture_output=True,
-                               timeout=10, cwd=here).returncode == 1
-        return commit + ("+dirty" if dirty else "")
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, (pd.Timestamp, dt.datetime)):
-        return value.isoformat()
-    return str(value)
-
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
