@@ -7,11 +7,11 @@ import skops.io as sio
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
-from threadpoolctl import threadpool_limits
 
-from nbml_server.domain.automl import (ALLOWED_TYPES, LEARNERS, LearnerContext, build_pipeline,
-                                       load_model, rows_to_frame, save_model)
+from nbml_server.domain.automl import (ALLOWED_TYPES, LearnerContext, load_model,
+                                       rows_to_frame, save_model)
 from nbml_server.errors import FailedPrecondition
+from tests.unit.pipeline_helpers import default_pipelines
 
 TYPES = {"n": "numeric", "c": "categorical", "b": "boolean", "d": "datetime", "t": "text"}
 
@@ -37,18 +37,11 @@ def test_every_family_round_trips(task):
     ctx = LearnerContext(task=task, n_rows=len(X), n_classes=3, min_class_count=10, n_jobs=1)
     new_rows = rows_to_frame([{"n": "0.5", "c": "unseen", "b": "false", "d": "2023-02-01"}],
                              list(TYPES))
-    for learner in LEARNERS.values():
-        if task not in learner.tasks:
-            continue
-        params = learner.defaults(ctx)[0]
-        if "n_estimators" in params:
-            params = {**params, "n_estimators": 5}
-        with threadpool_limits(1):  # as run_search does on small data
-            pipe = build_pipeline(learner, params, ctx, TYPES, TYPES).fit(X, y)
+    for name, pipe in default_pipelines(ctx, X, y, TYPES):
         restored = load_model(save_model(pipe))  # every type it holds is allowed
         method = "predict_proba" if task == "classification" else "predict"
         np.testing.assert_allclose(getattr(restored, method)(new_rows),
-                                   getattr(pipe, method)(new_rows), err_msg=learner.name)
+                                   getattr(pipe, method)(new_rows), err_msg=name)
 
 
 class Sneaky(TransformerMixin, BaseEstimator):

@@ -11,6 +11,7 @@ No grpc, protobuf or storage here; errors are `nbml_server.errors` domain errors
 
 from .artifacts import ALLOWED_TYPES, load_model, save_model
 from .columns import COLUMN_TYPES, infer_column_type, resolve_column_types, to_label
+from .compiled import compile_model, takes_columns
 from .deadline import Deadline
 from .ensemble import WeightedEnsemble, greedy_selection
 from .evaluation import Evaluation, evaluate
@@ -29,9 +30,9 @@ __all__ = [
     "DatePartsTransformer", "Deadline", "Evaluation", "FittedModel", "LEARNERS", "Learner",
     "LearnerContext", "REGRESSION", "REGRESSION_METRICS", "SchemaCoercer", "SearchRequest",
     "SearchResult", "TextStatsTransformer", "TrialResult", "build_pipeline",
-    "build_preprocessor", "evaluate", "greater_is_better",
+    "build_preprocessor", "compile_model", "evaluate", "greater_is_better",
     "infer_column_type", "load_model", "predict_frame", "resolve_column_types",
     "prepare_trials", "quiet_warnings", "resolve_metric", "resolve_task", "rows_to_frame",
-    "run_search", "save_model", "to_label",
+    "run_search", "takes_columns", "save_model", "to_label",
     "validate_budget", "WeightedEnsemble", "greedy_selection",
 ]

@@ -70,7 +70,7 @@ def _is_stringish(series: pd.Series) -> bool:
             or pd.api.types.is_string_dtype(series.dtype))
 
 
-def _number_or_nan(v) -> float:
+def number_or_nan(v) -> float:
     if v is None or v is pd.NA or v is pd.NaT:
         return np.nan
     if isinstance(v, (bool, np.bool_)):
@@ -93,12 +93,12 @@ def coerce_numeric(series: pd.Series) -> pd.Series:
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         raw = series.to_numpy(dtype=object, na_value=None)
-        values = np.fromiter((_number_or_nan(v) for v in raw), dtype=np.float64, count=len(raw))
+        values = np.fromiter((number_or_nan(v) for v in raw), dtype=np.float64, count=len(raw))
     values = np.where(np.isfinite(values), values, np.nan)
     return pd.Series(values, index=series.index, dtype=np.float64, name=series.name)
 
 
-def _bool_or_nan(v) -> float:
+def bool_or_nan(v) -> float:
     if v is None or v is pd.NA:
         return np.nan
     if isinstance(v, (bool, np.bool_)):
@@ -112,7 +112,7 @@ def _bool_or_nan(v) -> float:
 
 def coerce_boolean(series: pd.Series) -> pd.Series:
     raw = series.to_numpy(dtype=object, na_value=None)
-    values = np.fromiter((_bool_or_nan(v) for v in raw), dtype=np.float64, count=len(raw))
+    values = np.fromiter((bool_or_nan(v) for v in raw), dtype=np.float64, count=len(raw))
     return pd.Series(values, index=series.index, dtype=np.float64, name=series.name)
 
 

@@ -23,7 +23,8 @@ def rows_to_frame(rows: Sequence[Mapping[str, Any]], feature_columns: Sequence[s
 
 
 def predict_frame(pipeline, frame: pd.DataFrame, task: str) -> dict[str, Any]:
-    """Classification: {"labels": list[str], "probabilities": ndarray (rows x
+    """Predictions of a pipeline on a frame (or of a compiled model on a mapping of
+    column -> values, `compiled.takes_columns`). Classification: {"labels": list[str], "probabilities": ndarray (rows x
     classes), "classes": list[str]}; the label is the most probable class.
     Regression: {"values": ndarray of floats}."""
     if task == CLASSIFICATION:
