@@ -4,6 +4,7 @@ and concurrent requests for one model predicted together (`batching`)."""
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -28,14 +29,24 @@ class Prediction:
     probabilities: dict[str, float]
 
 
-class ModelCache:
-    """Loaded models by model id, compiled where `automl.compile_model` can (the same
-    predictions, a fraction of the time on few rows); the least recently used is
-    dropped past `capacity`."""
+def _in_background(work: Callable[[], None]) -> None:
+    threading.Thread(target=work, daemon=True, name="compile-model").start()
 
-    def __init__(self, registry: ModelRegistry, capacity: int):
+
+class ModelCache:
+    """Loaded models by model id; the least recently used is dropped past `capacity`.
+
+    A model serves as its pipeline as soon as it is loaded, and is then compiled
+    (`automl.compile_model`: the same predictions, a fraction of the time on few rows)
+    by `run_later` (a background thread), which swaps the compiled model in: the first
+    prediction after a deployment does not wait for the compilation (a second for a
+    300-tree forest)."""
+
+    def __init__(self, registry: ModelRegistry, capacity: int,
+                 run_later: Callable[[Callable[[], None]], None] = _in_background):
         self.registry = registry
         self.capacity = capacity
+        self.run_later = run_later
         self._loaded: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -46,15 +57,22 @@ class ModelCache:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id]
         pipeline = automl.load_model(self.registry.artifact(model))
-        compiled = automl.compile_model(pipeline, model["task"])
-        log.info("model %s loaded: %s", model_id,
-                 "compiled inference" if compiled is not None else "served by its pipeline")
-        pipeline = compiled or pipeline
         with self._lock:
             self._loaded[model_id] = pipeline
             while len(self._loaded) > self.capacity:
                 self._loaded.popitem(last=False)
+        self.run_later(lambda: self._compile(model_id, model["task"], pipeline))
         return pipeline
+
+    def _compile(self, model_id: str, task: str, pipeline) -> None:
+        compiled = automl.compile_model(pipeline, task)
+        log.info("model %s: %s", model_id, "compiled inference" if compiled is not None
+                 else "served by its pipeline (it does not compile)")
+        if compiled is None:
+            return
+        with self._lock:
+            if self._loaded.get(model_id) is pipeline:  # not evicted meanwhile
+                self._loaded[model_id] = compiled
 
 
 def check_rows(rows: list[dict], feature_columns: list[str]) -> None:
