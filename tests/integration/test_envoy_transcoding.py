@@ -207,7 +207,7 @@ def test_long_running_methods_have_no_route_timeout():
     assert set(LONG_RUNNING_METHODS) == {
         "/nbml.v1.TrainerService/WatchTrainingJob", "/nbml.v1.PredictorService/StreamPredict",
         "/nbml.v1.DatasetService/UploadDataset", "/nbml.v1.DatasetService/DownloadDataset",
-        "/nbml.v1.PredictorService/BatchPredict"}
+        "/nbml.v1.EvaluatorService/DownloadModel", "/nbml.v1.PredictorService/BatchPredict"}
     config = generate_config(upstreams=_upstreams(1), listen_port=1, admin_port=2,
                              descriptor_path="/x.pb")
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
