@@ -7,7 +7,7 @@ single rows, that overhead is the serving cost. `compile_model` turns the fitted
 preprocessing steps the search builds (imputers, scalers, one-hot, ordinal and target
 encoders) into functions of numpy arrays taken from their fitted attributes, and feeds
 the model step a matrix. It returns None for anything it does not know, and checks
-itself at compile time: on rows made of the fitted categories, unseen values and
+itself at compile time: on probe rows made of the fitted categories, unseen values and
 missing values it must give the pipeline's own predictions (within CHECK_TOLERANCE),
 or it is not used.
 """
@@ -369,7 +369,7 @@ def takes_columns(model) -> bool:
     return isinstance(model, (CompiledPipeline, CompiledEnsemble))
 
 
-def check_rows(pipeline) -> pd.DataFrame:
+def probe_rows(pipeline) -> pd.DataFrame:
     """Rows that exercise every input column: typical values, missing ones, unseen
     categories and each category the encoders were fit on (a few per column)."""
     first = pipeline.members[0] if isinstance(pipeline, WeightedEnsemble) else pipeline
@@ -408,17 +408,15 @@ def _known_categories(pipeline) -> dict[str, list]:
 def compile_model(pipeline, task: str):
     """A faster stand-in for `pipeline` (a Pipeline or a WeightedEnsemble) with the
     same `predict_proba` / `predict` on raw frames, or None when it has a step compile
-    does not know or does not reproduce the pipeline's predictions on check rows."""
+    does not know or does not reproduce the pipeline's predictions on probe rows."""
     try:
         compiled = (CompiledEnsemble(pipeline) if isinstance(pipeline, WeightedEnsemble)
                     else CompiledPipeline(pipeline))
-        rows = check_rows(pipeline)
+        rows = probe_rows(pipeline)
         method = "predict_proba" if task == CLASSIFICATION else "predict"
         expected = np.asarray(getattr(pipeline, method)(rows), dtype=np.float64)
         got = np.asarray(getattr(compiled, method)(rows), dtype=np.float64)
-    except Unsupported:
-        return None
-    except Exception:  # noqa: BLE001 - a compile that fails is a compile not used
+    except Exception:  # noqa: BLE001 - Unsupported, or a compile that fails: not used
         return None
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=0,
                                                        atol=CHECK_TOLERANCE):
