@@ -172,7 +172,7 @@ def save_for_mlflow(pipeline, artifact: bytes, path: pathlib.Path) -> None:
 
 # ------------------------------------------------------------------ one model
 
-def bench_model(name: str, *, client, address: str, token: str, model_id: str,
+def bench_model(name: str, *, address: str, token: str, model_id: str,
                 endpoint: str, pipeline, artifact: bytes, test_X: pd.DataFrame,
                 server_pids: list[int], seconds: float, workdir: pathlib.Path) -> dict:
     one, batch = test_X.head(1), test_X.head(BATCH_ROWS)
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             artifact = client.download_model_bytes(models[name])
             log.info("%s: %.1f MB, first prediction after deploying %.3f s", name,
                      len(artifact) / 2**20, first)
-            entry = bench_model(name, client=client, address=platform.address, token=token,
+            entry = bench_model(name, address=platform.address, token=token,
                                 model_id=models[name], endpoint=endpoint,
                                 pipeline=load_model(artifact), artifact=artifact,
                                 test_X=test_X, server_pids=server_pids, seconds=args.seconds,

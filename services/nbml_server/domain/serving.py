@@ -131,8 +131,8 @@ class Predictor:
 
         def predict(all_rows: list[dict]) -> list[Prediction]:
             columns = model["feature_columns"]
-            data = ({c: [row.get(c) for row in all_rows] for c in columns}
-                    if automl.takes_columns(pipeline) else automl.rows_to_frame(all_rows, columns))
+            data = (automl.rows_to_columns(all_rows, columns) if automl.takes_columns(pipeline)
+                    else automl.rows_to_frame(all_rows, columns))
             return predictions_of(pipeline, model, data)
         return model["model_id"], self.batcher.run(model["model_id"], rows, predict)
 

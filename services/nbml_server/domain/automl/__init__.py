@@ -16,7 +16,7 @@ from .deadline import Deadline
 from .ensemble import WeightedEnsemble, greedy_selection
 from .evaluation import Evaluation, evaluate
 from .learners import LEARNERS, Learner, LearnerContext
-from .prediction import predict_frame, rows_to_frame
+from .prediction import predict_frame, rows_to_columns, rows_to_frame
 from .preprocessing import build_preprocessor
 from .search import (FittedModel, SearchRequest, SearchResult, TrialResult, build_pipeline,
                      prepare_trials, quiet_warnings,
@@ -32,7 +32,8 @@ __all__ = [
     "SearchResult", "TextStatsTransformer", "TrialResult", "build_pipeline",
     "build_preprocessor", "compile_model", "evaluate", "greater_is_better",
     "infer_column_type", "load_model", "predict_frame", "resolve_column_types",
-    "prepare_trials", "quiet_warnings", "resolve_metric", "resolve_task", "rows_to_frame",
+    "prepare_trials", "quiet_warnings", "resolve_metric", "resolve_task", "rows_to_columns",
+    "rows_to_frame",
     "run_search", "takes_columns", "save_model", "to_label",
     "validate_budget", "WeightedEnsemble", "greedy_selection",
 ]

@@ -656,28 +656,27 @@ class _Search:
         # temperature.
         temperature = (fit_temperature(blend, self.data.codes) if self.data.calibrates
                        else 1.0)
-        cv_score, cv_std = self.fold_scores(scale(blend, temperature) if temperature != 1.0
-                                            else blend)
+        cv_score, cv_std = self.fold_scores(scale(blend, temperature))
         if cv_score is None or not better(cv_score, best_single, self.metric):
             return None
         order = sorted(range(len(chosen)), key=lambda i: (-weights[i], chosen[i][0]))
         members = [{"family": trials[chosen[i][0]].family, "trial_number": int(chosen[i][0]),
                     "weight": round(float(weights[i]), 6)} for i in order]
-        params: dict[str, Any] = {"members": members}
-        if temperature != 1.0:
-            params["temperature"] = round(temperature, 6)
+        params = _with_temperature({"members": members}, temperature)
         pipeline = WeightedEnsemble([fitted[chosen[i][0]] for i in order],
                                     [float(weights[i]) for i in order], task=self.prep.task,
                                     temperature=temperature)
         return FittedModel(ENSEMBLE_FAMILY, params, cv_score, cv_std, pipeline, -1)
 
 
+def _with_temperature(params: dict[str, Any], temperature: float) -> dict[str, Any]:
+    """`params`, and the model's temperature when its probabilities are scaled."""
+    return params if temperature == 1.0 else {**params, "temperature": round(temperature, 6)}
+
+
 def model_params(trial: TrialResult) -> dict[str, Any]:
     """The trial's configuration, and its temperature when it has one."""
-    params = dict(trial.params)
-    if trial.temperature != 1.0:
-        params["temperature"] = round(trial.temperature, 6)
-    return params
+    return _with_temperature(dict(trial.params), trial.temperature)
 
 
 def _initial_value(text: str, default: Any) -> Any:
@@ -758,9 +757,9 @@ def _select_learners(request: SearchRequest, task: str, n_rows: int,
     chosen = [l for l in registry.values()
               if l.supports(task, n_rows) and (request.families is None or l.name in request.families)]
     if not chosen:
+        families = ", ".join(request.families or registry)
         raise InvalidArgument.of(FAMILIES_FIELD, f"no model family can handle {task} on "
-                                 f"{n_rows} rows (families: {', '.join(request.families or registry)})",
-                                 reason="NO_MODEL_FAMILY")
+                                 f"{n_rows} rows (families: {families})", reason="NO_MODEL_FAMILY")
     return chosen
 
 
