@@ -111,6 +111,15 @@ def test_put_replaces(store):
     assert store.get(T, "u1", "j1") == {"w": 2}
 
 
+def test_put_many_writes_rows_of_several_partitions_and_replaces(store):
+    store.put(T, "u1", "j1", {"v": "old"})
+    store.put_many(T, [("u1", "j1", {"v": 1}), ("u1", "j2", {"v": 2}), ("", "j3", {"v": 3})])
+    assert store.get(T, "u1", "j1") == {"v": 1}
+    assert store.get(T, "u1", "j2") == {"v": 2}
+    assert store.get(T, "", "j3") == {"v": 3}
+    store.put_many(T, [])
+
+
 def test_empty_key_and_partition_are_addresses_too(store):
     store.put("users_by_id", "", "", {"v": 0})
     store.put("users_by_id", "u1", "", {"v": 1})
@@ -158,11 +167,12 @@ def test_rows_survive_reopening(factory):
 @pytest.mark.parametrize("call", [
     lambda s: s.put("nope", "p", "k", {}),
     lambda s: s.put_if_absent("nope", "p", "k", {}),
+    lambda s: s.put_many("nope", [("p", "k", {})]),
     lambda s: s.get("nope", "p", "k"),
     lambda s: s.delete("nope", "p", "k"),
     lambda s: s.scan("nope", "p", limit=10),
     lambda s: s.get('jobs_by_user" --', "p", "k"),
-], ids=["put", "put_if_absent", "get", "delete", "scan", "injection"])
+], ids=["put", "put_if_absent", "put_many", "get", "delete", "scan", "injection"])
 def test_unknown_table_raises_key_error(store, call):
     with pytest.raises(KeyError):
         call(store)

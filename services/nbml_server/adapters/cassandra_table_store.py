@@ -38,7 +38,7 @@ back. The store is safe to share between threads.
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -47,6 +47,7 @@ from cassandra import (ConsistencyLevel, CoordinationFailure, OperationTimedOut,
 from cassandra import Unavailable as CassandraUnavailable
 from cassandra.cluster import (EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile,
                                NoHostAvailable)
+from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.connection import ConnectionException, DefaultEndPoint
 from cassandra.policies import (DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy,
                                 TokenAwarePolicy)
@@ -179,6 +180,8 @@ def _stored_partition(partition: str) -> str:
 
 # Least time between two fresh connections opened while no node answers.
 RECONNECT_SECONDS = 3.0
+# Writes in flight at once for one put_many.
+PUT_MANY_CONCURRENCY = 32
 
 
 class CassandraTableStore(TableStore):
@@ -331,6 +334,15 @@ class CassandraTableStore(TableStore):
     def put(self, table: str, partition: str, key: str, row: dict) -> None:
         statement, text = self._statement(table, "put"), encode_row(row)
         self._call(self._session.execute, statement, (_stored_partition(partition), key, text))
+
+    def put_many(self, table: str, rows: Sequence[tuple[str, str, dict]]) -> None:
+        # Concurrent single-row writes rather than a batch: a batch over many partitions
+        # loads one coordinator and trips Cassandra's batch size limits.
+        statement = self._statement(table, "put")
+        self._call(execute_concurrent_with_args, self._session, statement,
+                   [(_stored_partition(partition), key, encode_row(row))
+                    for partition, key, row in rows],
+                   concurrency=PUT_MANY_CONCURRENCY, raise_on_first_error=True)
 
     def put_if_absent(self, table: str, partition: str, key: str, row: dict) -> bool:
         statement, text = self._statement(table, "put_if_absent"), encode_row(row)

@@ -10,6 +10,7 @@ Safe for several processes and threads on the same file (see `sqlite_connections
 """
 
 import os
+from collections.abc import Sequence
 
 from nbml_server.adapters.sqlite_connections import SqliteConnections
 from nbml_server.ports.table_store import TABLES, TableStore, decode_row, encode_row
@@ -43,6 +44,17 @@ class SqliteTableStore(TableStore):
                 f"INSERT INTO {name} (partition, key, row) VALUES (?, ?, ?)"
                 " ON CONFLICT (partition, key) DO UPDATE SET row = excluded.row",
                 (partition, key, text))
+
+    def put_many(self, table: str, rows: Sequence[tuple[str, str, dict]]) -> None:
+        name = self._table(table)
+        values = [(partition, key, encode_row(row)) for partition, key, row in rows]
+        # One transaction: one write-ahead-log commit for all of them.
+        with self._db.connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                f"INSERT INTO {name} (partition, key, row) VALUES (?, ?, ?)"
+                " ON CONFLICT (partition, key) DO UPDATE SET row = excluded.row", values)
+            conn.execute("COMMIT")
 
     def put_if_absent(self, table: str, partition: str, key: str, row: dict) -> bool:
         name, text = self._table(table), encode_row(row)

@@ -1,4 +1,5 @@
-"""Micro-batching: concurrent prediction requests for one model run as one predict call.
+"""Micro-batching: concurrent requests for one thing run as one call - predictions of
+one model as one predict call, history records as one write.
 
 A fitted pipeline costs about as much on a hundred rows as on one (its per-call work -
 frame checks, column transformers, the estimator's setup - dominates small calls), so

@@ -9,6 +9,7 @@ them on open. This maps one-to-one onto a Cassandra table
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 # Query-first tables; each name says what it is keyed by.
 TABLES = (
@@ -45,6 +46,8 @@ class TableStore(ABC):
     """Contract (checked by tests/contract on every adapter):
 
     - `put` inserts or replaces a row; `get` returns an equal dict or None.
+    - `put_many` puts several rows of one table (any partitions) in one round trip; on
+      an error some of them may be written (as if put one by one).
     - `put_if_absent` inserts only if no row has that address and says whether it did;
       of two concurrent callers exactly one wins (Cassandra: a lightweight transaction).
     - `scan` returns up to `limit` (key, row) pairs of one partition in key order
@@ -55,6 +58,11 @@ class TableStore(ABC):
 
     @abstractmethod
     def put(self, table: str, partition: str, key: str, row: dict) -> None: ...
+
+    def put_many(self, table: str, rows: Sequence[tuple[str, str, dict]]) -> None:
+        """`rows`: (partition, key, row) triples."""
+        for partition, key, row in rows:
+            self.put(table, partition, key, row)
 
     @abstractmethod
     def put_if_absent(self, table: str, partition: str, key: str, row: dict) -> bool: ...
