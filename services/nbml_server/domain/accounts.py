@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from nbml_server.domain.batching import MicroBatcher
 from nbml_server.domain.paging import Page, list_page
+from nbml_server.domain.recent import RecentReads
 from nbml_server.domain.tokens import (API_KEY_PREFIX, Caller, TokenIssuer, hash_secret,
                                        new_secret)
 from nbml_server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
@@ -45,6 +47,9 @@ class Accounts:
         self.refresh_ttl_seconds = refresh_ttl_seconds
         self.hasher = hasher or PasswordHasher()  # argon2id with the library's defaults
         self._dummy_hash: str | None = None
+        self._api_key_callers = RecentReads()
+        # Concurrent requests' history records are written together, in one commit.
+        self._activity_writes = MicroBatcher()
 
     # -- sign-up and log-in ------------------------------------------------------------
 
@@ -128,9 +133,16 @@ class Accounts:
             raise NotFound(f"apiKeys/{key_id} not found", reason="API_KEY_NOT_FOUND")
         self.store.delete("api_keys_by_hash", key["hash"], "")
         self.store.delete("api_keys_by_user", caller.user_id, key_id)
+        self._api_key_callers.forget(key["hash"])
 
     def caller_for_api_key(self, secret: str) -> Caller:
-        key = self.store.get("api_keys_by_hash", hash_secret(secret), "")
+        """The key's owner. A key revoked by another process still works here for up
+        to `recent.RECENT_READ_SECONDS`."""
+        digest = hash_secret(secret)
+        return self._api_key_callers.get(digest, lambda: self._load_api_key_caller(digest))
+
+    def _load_api_key_caller(self, digest: str) -> Caller:
+        key = self.store.get("api_keys_by_hash", digest, "")
         if key is None:
             raise Unauthenticated("the API key is not valid or was revoked",
                                   reason="API_KEY_INVALID")
@@ -139,7 +151,13 @@ class Accounts:
     # -- history ----------------------------------------------------------------------
 
     def record_activity(self, user_id: str, activity: Activity) -> None:
-        self.store.put("activity_by_user", user_id, new_id("act"), activity.__dict__)
+        """Returns once the record is stored (with those of concurrent callers)."""
+        self._activity_writes.run("activity", [(user_id, new_id("act"), activity.__dict__)],
+                                  self._write_activities)
+
+    def _write_activities(self, records: list[tuple[str, str, dict]]) -> list[None]:
+        self.store.put_many("activity_by_user", records)
+        return [None] * len(records)
 
     def list_activities(self, caller: Caller, page_size: int, page_token: str) -> Page:
         return list_page(self.store, "activity_by_user", caller.user_id,

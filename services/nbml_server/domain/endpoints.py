@@ -1,8 +1,12 @@
-"""Endpoints: a deployed model, addressed by its own id, in `endpoints_by_user`."""
+"""Endpoints: a deployed model, addressed by its own id, in `endpoints_by_user`.
+
+Reads are served from `RecentReads` (every prediction reads its endpoint): a change
+made by another predictor process shows here within `recent.RECENT_READ_SECONDS`."""
 
 import time
 
 from nbml_server.domain.paging import Page, list_page
+from nbml_server.domain.recent import RecentReads
 from nbml_server.errors import InvalidArgument, NotFound
 from nbml_server.ids import new_id
 from nbml_server.ports.table_store import TableStore
@@ -11,6 +15,7 @@ from nbml_server.ports.table_store import TableStore
 class Endpoints:
     def __init__(self, store: TableStore):
         self.store = store
+        self._recent = RecentReads()
 
     def create(self, user_id: str, model: dict, display_name: str) -> dict:
         if len(display_name) > 200:
@@ -23,6 +28,9 @@ class Endpoints:
         return record
 
     def get(self, user_id: str, endpoint_id: str) -> dict:
+        return self._recent.get((user_id, endpoint_id), lambda: self._load(user_id, endpoint_id))
+
+    def _load(self, user_id: str, endpoint_id: str) -> dict:
         record = self.store.get("endpoints_by_user", user_id, endpoint_id)
         if record is None:
             raise NotFound(f"endpoints/{endpoint_id} not found", reason="ENDPOINT_NOT_FOUND")
@@ -33,5 +41,6 @@ class Endpoints:
                          page_token=page_token)
 
     def delete(self, user_id: str, endpoint_id: str) -> None:
-        self.get(user_id, endpoint_id)
+        self._load(user_id, endpoint_id)
         self.store.delete("endpoints_by_user", user_id, endpoint_id)
+        self._recent.forget((user_id, endpoint_id))

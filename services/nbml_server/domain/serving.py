@@ -14,6 +14,7 @@ from nbml_server.domain.batching import MicroBatcher
 from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.endpoints import Endpoints
 from nbml_server.domain.model_registry import ModelRegistry
+from nbml_server.domain.recent import RecentReads
 from nbml_server.errors import FieldViolation, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,15 @@ class Predictor:
         self.datasets = datasets
         self.cache = cache
         self.batcher = MicroBatcher()
+        # Model records never change; a deleted job's models are refused here within
+        # `recent.RECENT_READ_SECONDS`.
+        self._recent_models = RecentReads()
 
     def predict(self, user_id: str, endpoint_id: str, rows: list[dict]) -> tuple[str, list]:
         endpoint = self.endpoints.get(user_id, endpoint_id)
-        model = self.models.get(user_id, endpoint["model_id"])
+        model_id = endpoint["model_id"]
+        model = self._recent_models.get((user_id, model_id),
+                                        lambda: self.models.get(user_id, model_id))
         check_rows(rows, model["feature_columns"])
         pipeline = self.cache.pipeline(model)
 
