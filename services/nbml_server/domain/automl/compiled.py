@@ -21,7 +21,9 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier,
                               RandomForestRegressor)
+from scipy.special import expit, softmax
 from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
 
@@ -258,6 +260,31 @@ class CompiledForest:
         return self._leaf_values(X)[:, :, 0].mean(axis=1)
 
 
+class CompiledLinear:
+    """A logistic regression or ridge as one matrix product: on a few rows scikit-learn's
+    input checks cost several times the product itself."""
+
+    def __init__(self, model: LogisticRegression | Ridge):
+        self.coef = np.asarray(model.coef_, dtype=np.float64)
+        self.intercept = np.asarray(model.intercept_, dtype=np.float64)
+        self.classes_ = getattr(model, "classes_", None)
+
+    def _decision(self, X) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64) @ self.coef.T + self.intercept
+
+    def predict_proba(self, X) -> np.ndarray:
+        decision = self._decision(X)
+        if decision.shape[1] == 1:  # two classes: one logit, for the second class
+            positive = expit(decision[:, 0])
+            return np.column_stack([1 - positive, positive])
+        return softmax(decision, axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        if self.classes_ is not None:
+            return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        return self._decision(X)
+
+
 class _Scaled:
     """A TemperatureScaled model with its inner model compiled."""
 
@@ -274,9 +301,12 @@ class _Scaled:
 
 
 def _model(model):
-    """The model step, its forests compiled; other models are fast on a matrix as they are."""
+    """The model step, its forests and linear models compiled; other models are fast on a
+    matrix as they are."""
     if isinstance(model, FORESTS):
         return CompiledForest(model)
+    if isinstance(model, (LogisticRegression, Ridge)):
+        return CompiledLinear(model)
     if isinstance(model, TemperatureScaled):
         return _Scaled(model)
     return model
