@@ -12,7 +12,7 @@ GHZ := build/tools/bin/ghz
 PORT ?= 8080
 
 .PHONY: up up-cluster test venv gen protodeps lint-protos bench-automl bench-fanout \
-	bench-serving clean
+	bench-serving bench-load clean
 
 up: venv
 	$(UV) run nbml up --port $(PORT)
@@ -71,6 +71,10 @@ bench-fanout: venv
 bench-serving: venv protodeps $(GHZ) /usr/bin/wrk
 	$(UV) sync --frozen --extra cluster --group serving-bench
 	$(UV) run --frozen --group serving-bench python -m tools.bench.serving $(BENCH_SERVING_ARGS)
+
+# The mixed Locust scenario (loadtest/) for BENCH_LOAD_ARGS (--users, --seconds).
+bench-load: venv
+	$(UV) run python -m tools.bench.load $(BENCH_LOAD_ARGS)
 
 $(GHZ):
 	GOBIN=$(CURDIR)/build/tools/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
