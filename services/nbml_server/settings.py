@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # per core (trials on small data use one core each and run side by side; a trial
     # whose models use more cores waits until they are free).
     trial_runners: int = Field(default=0, ge=0, le=256)
+    # Scheduling niceness a worker adds to itself (and its trial processes): on a
+    # machine that also serves predictions, training takes the cores serving leaves.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     # Memory share of a trial, in MiB (the limit on each child process a worker runs
     # trials in: RLIMIT_DATA); a trial that needs more fails, the job goes on.
     # Default: half the machine's memory (or of its container's limit) divided among

@@ -44,6 +44,7 @@ TRIAL_RUNNER_STOP_SECONDS = 10.0
 
 def main() -> None:
     settings = Settings()
+    os.nice(settings.worker_nice)
     configure_logging(settings.log_level)
     platform = open_platform(settings)
     # Fitting many configurations warns by the hundred; this process does only that.
