@@ -37,6 +37,12 @@ Timeouts: unary routes get ``route_timeout_s`` (120 s; a client's ``grpc-timeout
 honoured up to that). The long-running methods (:data:`LONG_RUNNING_METHODS`: the
 streaming RPCs plus ``BatchPredict``), reflection and health are routed on their exact
 gRPC path with ``timeout: 0s`` (no overall limit) and an idle timeout instead.
+
+Replicas: a service may have several hosts (e.g. predictor processes). Each is health
+checked, one that Envoy cannot reach is ejected on the second failure in a row
+(``outlier_detection``), and idempotent calls (:data:`IDEMPOTENT_METHODS`: reads and
+``Predict``) that fail on one, even mid-call, are retried on another
+(``previous_hosts`` retry predicate), so a replica that dies loses no such call.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "LONG_RUNNING_METHODS",
     "PASSTHROUGH_SERVICES",
-    "READ_METHODS",
+    "IDEMPOTENT_METHODS",
     "REST_STREAMING_PATHS",
     "generate_config",
     "write_config",
@@ -107,11 +113,11 @@ def _path_template_regex(template: str) -> str:
 
 
 def _method_tables() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """(long-running gRPC paths, idempotent read gRPC paths, REST path regexes of
+    """(long-running gRPC paths, idempotent unary gRPC paths, REST path regexes of
     client-streaming methods), read from the descriptors so a new streaming RPC cannot
     be forgotten."""
     long_running: list[str] = []
-    reads: list[str] = []
+    idempotent: list[str] = []
     rest_streaming: list[str] = []
     for fd in ROOT_FILES:
         for service in fd.services_by_name.values():
@@ -123,22 +129,24 @@ def _method_tables() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
                 # BatchPredict is unary but may run for minutes over a whole data set.
                 if streaming or method.name == "BatchPredict":
                     long_running.append(path)
-                elif method.name.startswith(("Get", "List", "Preview")):
-                    reads.append(path)
+                elif method.name == "Predict" or method.name.startswith(
+                        ("Get", "List", "Preview")):
+                    idempotent.append(path)
                 if method.client_streaming:
                     rule = method.GetOptions().Extensions[annotations_pb2.http]
                     for binding in (rule, *rule.additional_bindings):
                         kind = binding.WhichOneof("pattern")
                         if kind and kind != "custom":
                             rest_streaming.append(_path_template_regex(getattr(binding, kind)))
-    return tuple(long_running), tuple(reads), tuple(rest_streaming)
+    return tuple(long_running), tuple(idempotent), tuple(rest_streaming)
 
 
 #: gRPC paths routed with ``timeout: 0s`` and an idle timeout: UploadDataset,
 #: DownloadDataset, DownloadModel, WatchTrainingJob, StreamPredict, BatchPredict.
-#: READ_METHODS: gRPC paths of unary idempotent reads (retried when unreachable).
+#: IDEMPOTENT_METHODS: gRPC paths of the unary reads and Predict, retried on another
+#: replica when one fails or dies mid-call.
 #: REST_STREAMING_PATHS: regexes of the REST paths of client-streaming methods.
-LONG_RUNNING_METHODS, READ_METHODS, REST_STREAMING_PATHS = _method_tables()
+LONG_RUNNING_METHODS, IDEMPOTENT_METHODS, REST_STREAMING_PATHS = _method_tables()
 
 _ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% '
@@ -168,20 +176,28 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
+def _cluster(short: str, hosts: Sequence[tuple[str, int]], *, connect_timeout_s: float,
              health_interval_s: float, buffer_bytes: int) -> dict[str, Any]:
-    return {
+    if all(_is_ip(host) for host, _ in hosts):
+        kind = "STATIC"  # needs IP literals
+    else:
+        # LOGICAL_DNS takes exactly one endpoint; STRICT_DNS resolves each name.
+        kind = "LOGICAL_DNS" if len(hosts) == 1 else "STRICT_DNS"
+    cluster: dict[str, Any] = {
         "name": short,
-        # STATIC needs an IP literal; LOGICAL_DNS resolves a host name.
-        "type": "STATIC" if _is_ip(host) else "LOGICAL_DNS",
+        "type": kind,
         "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": _duration(connect_timeout_s),
-        "lb_policy": "ROUND_ROBIN",
+        # A replica that is slow (loading a model) gets fewer requests than round robin
+        # would give it.
+        "lb_policy": "LEAST_REQUEST",
         "per_connection_buffer_limit_bytes": buffer_bytes,
         "load_assignment": {
             "cluster_name": short,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": host, "port_value": port}}}}]}],
+            "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": host,
+                                                             "port_value": int(port)}}}}
+                for host, port in hosts]}],
         },
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -191,6 +207,7 @@ def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
                 }},
             },
         },
+        # Each host is checked on its own.
         "health_checks": [{
             "timeout": "1s",
             "interval": _duration(health_interval_s),
@@ -203,9 +220,12 @@ def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
             "healthy_threshold": 1,
             "grpc_health_check": {"service_name": SERVICE_NAMES[short]},
         }],
-        # With one host per cluster, an unhealthy host puts the cluster in panic mode
-        # (below the 50 % threshold) and Envoy still tries it: a failed check never
-        # blackholes a service outright, it only shows up in /clusters and stats.
+        # Panic mode (sending to every host, healthy or not) only when no host is
+        # healthy: one live replica takes all the traffic, and a lone host that failed
+        # its checks is still tried rather than the service blackholed (a failed check
+        # then only shows up in /clusters and stats). The default threshold, 50 %, would
+        # send traffic to dead replicas as soon as more than half of them are down.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 1.0}},
         "circuit_breakers": {"thresholds": [{
             "priority": "DEFAULT",
             "max_connections": 256,
@@ -213,6 +233,47 @@ def _cluster(short: str, host: str, port: int, *, connect_timeout_s: float,
             "max_requests": 1024,
             "max_retries": 8,
         }]},
+    }
+    if len(hosts) > 1:
+        cluster["outlier_detection"] = _outlier_detection(len(hosts))
+    return cluster
+
+
+def _outlier_detection(host_count: int) -> dict[str, Any]:
+    """Passive health checking between active checks: a replica that Envoy cannot reach
+    (refused, reset, timed out) or that answers UNAVAILABLE / DEADLINE_EXCEEDED
+    repeatedly is taken out of rotation at once, without waiting for three failed
+    health checks; its next passed health check brings it back."""
+    return {
+        # Connection-level failures are counted apart from the replica's answers...
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 2,
+        # ...and of its answers only gateway failures (UNAVAILABLE, DEADLINE_EXCEEDED)
+        # count: other errors (a model that fails, INTERNAL) are the same on every
+        # replica, and ejecting the one that reported them would help nobody.
+        "consecutive_gateway_failure": 5,
+        "enforcing_consecutive_gateway_failure": 100,
+        "enforcing_consecutive_5xx": 0,
+        "interval": "1s",
+        "base_ejection_time": "5s",
+        # Never eject the last replica (Envoy enforces the percentage strictly).
+        "max_ejection_percent": 100 * (host_count - 1) // host_count,
+    }
+
+
+def _retry_policy(retry_on: str) -> dict[str, Any]:
+    return {
+        "retry_on": retry_on,
+        "num_retries": 2,
+        "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"},
+        # A retry goes to another replica when there is one: Envoy picks again (up to
+        # host_selection_retry_max_attempts times) when it picked a host already tried.
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
+                                      "previous_hosts.v3.PreviousHostsPredicate"},
+        }],
+        "host_selection_retry_max_attempts": 5,
     }
 
 
@@ -231,27 +292,32 @@ def _routes(*, route_timeout_s: float, streaming_idle_timeout_s: float) -> list[
     routes: list[dict[str, Any]] = []
 
     # 1. Long-running methods: exact gRPC path, no overall timeout, idle timeout only.
+    #    Streams are never retried. BatchPredict, unary but minutes long, is retried only
+    #    when it never reached a replica (refused connection or stream): a retry after a
+    #    reset could redo minutes of work.
     for path in LONG_RUNNING_METHODS:
+        route = {"cluster": short_of[path.split("/")[1]], **long}
+        if path.endswith("/BatchPredict"):
+            route["retry_policy"] = _retry_policy("connect-failure,refused-stream")
         routes.append({
             "name": f"long:{path}",
             "match": {"path": path},
-            "route": {"cluster": short_of[path.split("/")[1]], **long},
+            "route": route,
             "typed_per_filter_config": _NO_BUFFER,
         })
 
-    # 2. Idempotent reads: retried when the upstream is unreachable or says UNAVAILABLE.
-    for path in READ_METHODS:
+    # 2. Idempotent methods (reads, Predict): retried when the upstream is unreachable,
+    #    says UNAVAILABLE, or goes away mid-call (reset: a replica killed while it
+    #    answered). Creates, updates and deletes (the prefix routes below) are not.
+    for path in IDEMPOTENT_METHODS:
         routes.append({
-            "name": f"read:{path}",
+            "name": f"idempotent:{path}",
             "match": {"path": path},
             "route": {
                 "cluster": short_of[path.split("/")[1]],
                 **unary,
-                "retry_policy": {
-                    "retry_on": "unavailable,connect-failure,refused-stream",
-                    "num_retries": 2,
-                    "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"},
-                },
+                "retry_policy": _retry_policy(
+                    "unavailable,connect-failure,refused-stream,reset"),
             },
             "typed_per_filter_config": _NO_BUFFER,
         })
@@ -301,7 +367,7 @@ def _routes(*, route_timeout_s: float, streaming_idle_timeout_s: float) -> list[
 
 def generate_config(
     *,
-    upstreams: Mapping[str, tuple[str, int]],
+    upstreams: Mapping[str, Sequence[tuple[str, int]]],
     listen_port: int,
     admin_port: int,
     descriptor_path: str,
@@ -320,7 +386,10 @@ def generate_config(
     """The Envoy v3 bootstrap, as a plain dict (dump it as YAML or JSON).
 
     ``upstreams`` maps each short name (``auth``, ``dataset``, ``trainer``,
-    ``evaluator``, ``predictor``) to ``(host, port)``; all five are required.
+    ``evaluator``, ``predictor``) to its replicas' ``(host, port)``, at least one each;
+    all five are required. Requests are balanced over a service's replicas (least
+    request), each is health checked, and one that fails is ejected (see
+    :func:`_outlier_detection`) while idempotent calls are retried on another.
     ``descriptor_path`` is where the descriptor set (:func:`build_descriptor_set`) is,
     or will be, written; Envoy reads it at start-up. ``max_request_bytes`` caps
     REST/JSON request bodies (413 above it); see the module docstring for the others.
@@ -331,6 +400,11 @@ def generate_config(
         raise ValueError(
             f"upstreams must name exactly {sorted(SERVICE_NAMES)}; "
             f"missing {sorted(missing)}, unknown {sorted(unknown)}")
+    for short, hosts in upstreams.items():
+        if not hosts:
+            raise ValueError(f"upstream {short} has no host")
+        if len(set(hosts)) != len(hosts):
+            raise ValueError(f"upstream {short} lists a host twice: {list(hosts)}")
     if max_request_bytes <= 0 or max_response_bytes <= 0:
         raise ValueError("size limits must be positive")
 
@@ -403,8 +477,7 @@ def generate_config(
     }
 
     clusters = [
-        _cluster(short, upstreams[short][0], int(upstreams[short][1]),
-                 connect_timeout_s=connect_timeout_s,
+        _cluster(short, upstreams[short], connect_timeout_s=connect_timeout_s,
                  health_interval_s=health_check_interval_s,
                  buffer_bytes=connection_buffer_bytes)
         for short in SERVICE_NAMES
@@ -460,13 +533,14 @@ def _parse_upstream(text: str) -> tuple[str, tuple[str, int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m deploy.envoy.generate_config --upstream auth=127.0.0.1:50051 ...
-    --listen-port 8080 --admin-port 9901 --descriptor nbml.pb --output envoy.yaml``."""
+    --listen-port 8080 --admin-port 9901 --descriptor nbml.pb --output envoy.yaml``;
+    ``--upstream predictor=...`` once per replica."""
     parser = argparse.ArgumentParser(
         prog="python -m deploy.envoy.generate_config",
         description="Write the Envoy bootstrap (YAML) and the descriptor set it loads.")
     parser.add_argument("--upstream", action="append", type=_parse_upstream, required=True,
                         metavar="NAME=HOST:PORT",
-                        help=f"once per service: {', '.join(SERVICE_NAMES)}")
+                        help=f"once per replica of each service: {', '.join(SERVICE_NAMES)}")
     parser.add_argument("--listen-address", default="127.0.0.1")
     parser.add_argument("--listen-port", type=int, required=True)
     parser.add_argument("--admin-port", type=int, required=True)
@@ -478,9 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-response-bytes", type=int, default=DEFAULT_MAX_RESPONSE_BYTES)
     args = parser.parse_args(argv)
 
-    upstreams = dict(args.upstream)
-    if len(upstreams) != len(args.upstream):
-        parser.error("an upstream is given twice")
+    upstreams: dict[str, list[tuple[str, int]]] = {}
+    for name, address in args.upstream:
+        upstreams.setdefault(name, []).append(address)
     descriptor = os.path.abspath(args.descriptor)
     options = dict(upstreams=upstreams, listen_port=args.listen_port,
                    admin_port=args.admin_port, descriptor_path=descriptor,

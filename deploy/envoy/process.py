@@ -93,7 +93,7 @@ class EnvoyProcess:
         self,
         workdir: str | os.PathLike[str],
         *,
-        upstreams: Mapping[str, tuple[str, int]],
+        upstreams: Mapping[str, Sequence[tuple[str, int]]],
         listen_port: int = 0,
         admin_port: int | None = None,
         listen_address: str = "127.0.0.1",

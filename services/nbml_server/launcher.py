@@ -2,9 +2,10 @@
 
 Used by `nbml up` and by the end-to-end tests. Each service is its own process, started
 with port 0; it prints `LISTENING <name> <host:port>` once serving, which is how the
-launcher learns its port (no fixed ports, no sleeps). Envoy is configured from those
-ports and started last; its readiness (`/ready` = LIVE) means every upstream passed its
-first health check.
+launcher learns its port (no fixed ports, no sleeps). The predictor may run as several
+replicas (`predictor-1`, `predictor-2`, ...), each its own process and port, all behind
+Envoy's one predictor cluster. Envoy is configured from those ports and started last;
+its readiness (`/ready` = LIVE) means every upstream passed its first health check.
 """
 
 import json
@@ -28,8 +29,18 @@ START_TIMEOUT_SECONDS = 60
 @dataclass
 class _Child:
     name: str
-    process: subprocess.Popen
+    module: str
+    env: dict[str, str]
+    service: str = ""  # the Envoy cluster it is a host of; "" for a worker
+    process: subprocess.Popen | None = None
     address: str = ""
+
+    def arguments(self) -> list[str]:
+        if not self.service:
+            return []
+        # Port 0 at first (the OS picks one); a restarted service gets the port it had,
+        # the only one Envoy's static configuration knows.
+        return ["--port", self.address.rpartition(":")[2] if self.address else "0"]
 
 
 @dataclass
@@ -39,6 +50,7 @@ class LocalPlatform:
     home: pathlib.Path
     http_port: int = 8080
     workers: int = 1
+    predictor_replicas: int = 1
     env: dict[str, str] = field(default_factory=dict)
     children: list[_Child] = field(default_factory=list)
     envoy: EnvoyProcess | None = None
@@ -48,22 +60,23 @@ class LocalPlatform:
         return self.envoy.address if self.envoy else ""
 
     def start(self) -> "LocalPlatform":
+        if self.predictor_replicas < 1:
+            raise ValueError(
+                f"predictor_replicas must be at least 1, got {self.predictor_replicas}")
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
         settings = Settings(home=self.home)
         ensure_keypair(settings.private_key_path, settings.public_key_path)
         try:
-            for name in SERVICES:
-                self._spawn(name, f"nbml_server.{name}", "--port", "0")
-            # The workers share this machine's cores: one trial runner per core in all.
-            runners = str(max(1, machine_cores() // self.workers))
-            for index in range(self.workers):
-                self._spawn(f"worker-{index + 1}", "nbml_server.worker",
-                            env={"NBML_TRIAL_RUNNERS": runners})
+            for child in self._planned_children():
+                self._spawn(child)
+                self.children.append(child)
             for child in self.children:
                 child.address = self._await_listening(child)
-            upstreams = {c.name: tuple(_split(c.address)) for c in self.children
-                         if c.name in SERVICES}
+            upstreams: dict[str, list[tuple[str, int]]] = {}
+            for child in self.children:
+                if child.service:
+                    upstreams.setdefault(child.service, []).append(_split(child.address))
             self.envoy = EnvoyProcess(self.home / "envoy", upstreams=upstreams,
                                       listen_port=self.http_port, wait_healthy=True)
             (self.home / "envoy").mkdir(exist_ok=True)
@@ -72,6 +85,20 @@ class LocalPlatform:
             self.stop()
             raise
         return self
+
+    def _planned_children(self) -> list[_Child]:
+        children = []
+        for service in SERVICES:
+            replicas = self.predictor_replicas if service == "predictor" else 1
+            for index in range(replicas):
+                name = f"{service}-{index + 1}" if replicas > 1 else service
+                children.append(_Child(name, f"nbml_server.{service}", {}, service))
+        # The workers share this machine's cores: one trial runner per core in all.
+        runners = str(max(1, machine_cores() // self.workers))
+        for index in range(self.workers):
+            children.append(_Child(f"worker-{index + 1}", "nbml_server.worker",
+                                   {"NBML_TRIAL_RUNNERS": runners}))
+        return children
 
     def stop(self) -> None:
         if self.envoy is not None:
@@ -97,20 +124,48 @@ class LocalPlatform:
     def failed_children(self) -> list[str]:
         return [c.name for c in self.children if c.process.poll() is not None]
 
-    def _spawn(self, name: str, module: str, *args: str,
-               env: dict[str, str] | None = None) -> None:
-        """Starts a child; `env` holds defaults that the caller's environment and
-        `self.env` override."""
+    def stop_child(self, name: str, *, kill: bool = False) -> None:
+        """Stops one child: SIGTERM (it drains) or, with `kill`, SIGKILL (as a crash
+        would); returns once it has exited."""
+        child = self._child(name)
+        if kill:
+            child.process.kill()
+        else:
+            child.process.terminate()
+        child.process.wait(timeout=15)
+
+    def restart_child(self, name: str) -> None:
+        """Starts a stopped child again, as a supervisor would; a service comes back on
+        its old port, so Envoy, configured once, finds it there with its next health
+        check. Returns once it listens."""
+        child = self._child(name)
+        if child.process.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        child.process.stdout.close()
+        self._spawn(child)
+        address = self._await_listening(child)
+        if child.service and address != child.address:
+            raise RuntimeError(f"{name} came back on {address}, not {child.address}")
+
+    def _child(self, name: str) -> _Child:
+        for child in self.children:
+            if child.name == name:
+                return child
+        raise KeyError(f"no child {name!r}; there are {[c.name for c in self.children]}")
+
+    def _spawn(self, child: _Child) -> None:
+        """Starts (or restarts) a child; `child.env` holds defaults that the caller's
+        environment and `self.env` override."""
         # One OpenMP thread per process: the processes already share the cores, and
         # OpenMP's spinning threads slow a loaded machine to a crawl (a histogram
         # gradient boosting predict went from 11 ms to 600 ms).
-        env = {"OMP_NUM_THREADS": "1", **(env or {}), **os.environ, **self.env,
+        env = {"OMP_NUM_THREADS": "1", **child.env, **os.environ, **self.env,
                "NBML_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
-        log = open(self.home / "logs" / f"{name}.log", "ab")
-        process = subprocess.Popen([sys.executable, "-m", module, *args], env=env,
-                                   stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        log = open(self.home / "logs" / f"{child.name}.log", "ab")
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", child.module, *child.arguments()], env=env,
+            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
-        self.children.append(_Child(name, process))
 
     def _await_listening(self, child: _Child) -> str:
         line: list[bytes] = []
@@ -138,11 +193,13 @@ STACKS = ("embedded", "local-cluster")
 
 
 def serve_forever(http_port: int = 8080, json_output: bool = False,
-                  stack: str = "embedded") -> None:
+                  stack: str = "embedded", predictor_replicas: int | None = None) -> None:
     """`nbml up`: run in the foreground until Ctrl-C (or SIGTERM).
 
     `stack="local-cluster"` first starts Kafka, Cassandra and the GCS emulator under
     `$NBML_HOME/cluster` and points the platform at them (two workers share the jobs).
+    `predictor_replicas`: predictor processes behind Envoy (default
+    `NBML_PREDICTOR_REPLICAS`, 1).
     """
     if stack not in STACKS:
         raise ValueError(f"unknown stack {stack!r}; one of {', '.join(STACKS)}")
@@ -153,13 +210,14 @@ def serve_forever(http_port: int = 8080, json_output: bool = False,
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     started = time.monotonic()
     cluster = None
-    platform = LocalPlatform(settings.home, http_port=http_port)
+    replicas = predictor_replicas or settings.predictor_replicas
+    platform = LocalPlatform(settings.home, http_port=http_port, predictor_replicas=replicas)
     try:
         if stack == "local-cluster":
             from deploy.local_cluster.stack import LocalCluster
             cluster = LocalCluster(settings.home / "cluster").start()
             platform = LocalPlatform(settings.home, http_port=http_port, workers=2,
-                                     env=cluster.settings_env())
+                                     predictor_replicas=replicas, env=cluster.settings_env())
         platform.start()
     except KeyboardInterrupt:
         if cluster is not None:

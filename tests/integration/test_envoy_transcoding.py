@@ -25,8 +25,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_status import rpc_status
 
 from deploy.envoy.descriptor_set import SERVICE_NAMES, SERVICES, build_descriptor_set
-from deploy.envoy.generate_config import (LONG_RUNNING_METHODS, generate_config, main,
-                                          write_config)
+from deploy.envoy.generate_config import (IDEMPOTENT_METHODS, LONG_RUNNING_METHODS,
+                                          generate_config, main, write_config)
 from deploy.envoy.process import EnvoyError, EnvoyProcess, validate_config
 from nbml.v1 import (auth_service_pb2, auth_service_pb2_grpc, dataset_service_pb2,
                      dataset_service_pb2_grpc)
@@ -115,8 +115,8 @@ def upstream(request) -> int:
     return port
 
 
-def _upstreams(port: int) -> dict[str, tuple[str, int]]:
-    return {short: ("127.0.0.1", port) for short in SERVICE_NAMES}
+def _upstreams(port: int) -> dict[str, list[tuple[str, int]]]:
+    return {short: [("127.0.0.1", port)] for short in SERVICE_NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_generated_config_passes_envoy_validate(tmp_path):
 
 
 def test_cli_writes_descriptor_and_valid_config(tmp_path):
-    args = []
+    args = ["--upstream", "predictor=127.0.0.1:50061"]  # a second predictor replica
     for i, short in enumerate(SERVICE_NAMES):
         args += ["--upstream", f"{short}=127.0.0.1:{50051 + i}"]
     out = tmp_path / "envoy.yaml"
@@ -187,7 +187,63 @@ def test_cli_writes_descriptor_and_valid_config(tmp_path):
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     assert clusters["trainer"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
         "endpoint"]["address"]["socket_address"]["port_value"] == 50053
+    assert _endpoint_ports(clusters["predictor"]) == [50061, 50055]
     validate_config(out)
+
+
+def _endpoint_ports(cluster: dict) -> list[int]:
+    [locality] = cluster["load_assignment"]["endpoints"]
+    return [e["endpoint"]["address"]["socket_address"]["port_value"]
+            for e in locality["lb_endpoints"]]
+
+
+def test_replicas_share_a_cluster_with_outlier_ejection_and_retries_elsewhere(tmp_path):
+    upstreams = {**_upstreams(50051), "predictor": [("127.0.0.1", 50061), ("127.0.0.1", 50062)]}
+    config = generate_config(upstreams=upstreams, listen_port=1, admin_port=2,
+                             descriptor_path="/x.pb")
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    predictor = clusters["predictor"]
+    assert _endpoint_ports(predictor) == [50061, 50062]
+    assert predictor["health_checks"][0]["grpc_health_check"] == {
+        "service_name": "nbml.v1.PredictorService"}
+    outliers = predictor["outlier_detection"]
+    assert outliers["max_ejection_percent"] == 50  # one of the two, never both
+    assert outliers["consecutive_local_origin_failure"] >= 1
+    assert outliers["enforcing_consecutive_gateway_failure"] == 100
+    assert "outlier_detection" not in clusters["auth"]  # one host: nothing to eject to
+    assert predictor["common_lb_config"]["healthy_panic_threshold"]["value"] > 0
+
+    routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    by_path = {r["match"]["path"]: r["route"] for r in routes if "path" in r["match"]}
+    predict = by_path["/nbml.v1.PredictorService/Predict"]["retry_policy"]
+    assert set(predict["retry_on"].split(",")) == {
+        "unavailable", "connect-failure", "refused-stream", "reset"}
+    assert [p["name"] for p in predict["retry_host_predicate"]] == [
+        "envoy.retry_host_predicates.previous_hosts"]
+    assert {"/nbml.v1.PredictorService/GetEndpoint",
+            "/nbml.v1.DatasetService/ListDatasets"} <= set(IDEMPOTENT_METHODS)
+    # BatchPredict only when it never reached a replica; streams and creates never.
+    assert set(by_path["/nbml.v1.PredictorService/BatchPredict"]["retry_policy"][
+        "retry_on"].split(",")) == {"connect-failure", "refused-stream"}
+    assert "retry_policy" not in by_path["/nbml.v1.PredictorService/StreamPredict"]
+    assert not any(path.split("/")[-1].startswith(("Create", "Delete", "Cancel"))
+                   for path in IDEMPOTENT_METHODS)
+    prefix_routes = [r for r in routes if "prefix" in r["match"] and "route" in r]
+    assert prefix_routes and all("retry_policy" not in r["route"] for r in prefix_routes)
+
+    descriptor = tmp_path / "nbml.pb"
+    descriptor.write_bytes(build_descriptor_set())
+    write_config(tmp_path / "envoy.yaml", upstreams=upstreams, listen_port=18080,
+                 admin_port=19901, descriptor_path=str(descriptor))
+    validate_config(tmp_path / "envoy.yaml")
+
+
+def test_a_service_needs_a_host_and_each_host_once():
+    for hosts in ([], [("127.0.0.1", 1), ("127.0.0.1", 1)]):
+        with pytest.raises(ValueError):
+            generate_config(upstreams={**_upstreams(1), "predictor": hosts}, listen_port=1,
+                            admin_port=2, descriptor_path="/x.pb")
 
 
 def test_validate_config_reports_a_broken_config(tmp_path):
@@ -199,7 +255,7 @@ def test_validate_config_reports_a_broken_config(tmp_path):
 
 def test_upstreams_must_be_the_five_services():
     with pytest.raises(ValueError):
-        generate_config(upstreams={"auth": ("127.0.0.1", 1)}, listen_port=1, admin_port=2,
+        generate_config(upstreams={"auth": [("127.0.0.1", 1)]}, listen_port=1, admin_port=2,
                         descriptor_path="/x.pb")
 
 

@@ -124,6 +124,8 @@ def test_every_verb_parses_to_its_handler(argv, handler):
 def test_verb_arguments():
     assert parse_args(["up"], NO_ENV).port == 8080
     assert parse_args(["up", "--port", "9090"], NO_ENV).port == 9090
+    assert parse_args(["up"], NO_ENV).predictor_replicas is None  # the setting decides
+    assert parse_args(["up", "--predictor-replicas", "3"], NO_ENV).predictor_replicas == 3
     assert parse_args(["activity"], NO_ENV).limit == 20
     assert parse_args(["datasets", "preview", "ds_1"], NO_ENV).rows == 20
     args = parse_args(["predict", "ep_1", "--input", "in.csv"], NO_ENV)
@@ -146,6 +148,7 @@ def test_verb_arguments():
     ["predict", "ep_1"],                     # --input is required
     ["activity", "--limit", "0"],
     ["up", "--port", "70000"],
+    ["up", "--predictor-replicas", "0"],
     ["nonsense"],
 ])
 def test_usage_errors_exit_2(argv, capsys):
@@ -185,9 +188,11 @@ def test_up_calls_serve_forever(monkeypatch):
     fake.serve_forever = lambda **kw: calls.append(kw)
     monkeypatch.setitem(sys.modules, "nbml_server.launcher", fake)
     assert main(["up", "--port", "9999", "--json"]) == 0
-    assert main(["up", "--stack", "local-cluster"]) == 0
-    assert calls == [{"http_port": 9999, "json_output": True, "stack": "embedded"},
-                     {"http_port": 8080, "json_output": False, "stack": "local-cluster"}]
+    assert main(["up", "--stack", "local-cluster", "--predictor-replicas", "2"]) == 0
+    assert calls == [{"http_port": 9999, "json_output": True, "stack": "embedded",
+                      "predictor_replicas": None},
+                     {"http_port": 8080, "json_output": False, "stack": "local-cluster",
+                      "predictor_replicas": 2}]
 
 
 # ------------------------------------------------------------------ passwords

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stack", choices=("embedded", "local-cluster"), default="embedded",
                    help="embedded backends (default), or Kafka + Cassandra + a GCS emulator "
                         "that the platform installs and starts itself")
+    p.add_argument("--predictor-replicas", type=_positive_int, default=None, metavar="N",
+                   help="predictor processes behind Envoy (default $NBML_PREDICTOR_REPLICAS "
+                        "or 1)")
 
     for name, text in (("signup", "create an account and log in"),
                        ("login", "log in and store the tokens")):
@@ -340,7 +343,8 @@ def _up(args: argparse.Namespace, out: Output) -> int:
             out.emit({"error": {"code": "FAILED_PRECONDITION", "reason": "PLATFORM_NOT_INSTALLED",
                                 "message": message, "field_violations": []}})
         return 2
-    result = serve_forever(http_port=args.port, json_output=args.json, stack=args.stack)
+    result = serve_forever(http_port=args.port, json_output=args.json, stack=args.stack,
+                           predictor_replicas=args.predictor_replicas)
     return result if isinstance(result, int) else 0
 
 
