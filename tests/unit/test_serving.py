@@ -1,4 +1,5 @@
-"""Serving: prediction row checks, the LRU model cache, and prediction shaping."""
+"""Serving: prediction row checks, value types, the LRU model cache, and prediction
+shaping."""
 
 import threading
 
@@ -8,9 +9,9 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from nbml_server.domain.automl import (LEARNERS, LearnerContext, build_pipeline, load_model,
-                                       save_model, takes_columns)
+                                       save_model, takes_columns, value_problems)
 from nbml_server.domain.serving import (MAX_REPORTED_VIOLATIONS, MAX_ROWS_PER_REQUEST,
-                                        ModelCache, check_rows, predictions_of)
+                                        ModelCache, check_rows, check_values, predictions_of)
 from nbml_server.errors import FailedPrecondition, InvalidArgument
 
 FEATURES = ["x", "colour"]
@@ -220,3 +221,50 @@ def test_classification_predictions(classifier):
         assert set(p.probabilities) == {"no", "yes"}
         assert sum(p.probabilities.values()) == pytest.approx(1.0)
         assert p.value == max(p.probabilities.values()) == p.probabilities[p.label]
+
+
+# -- value types -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("column_type, fitting, refused", [
+    ("numeric", [1, -2.5, float("nan"), None, "3.5", " 4 ", "+1e3", ".5", "inf", "", "NA",
+                 "null", "?"],
+     [True, False, "abc", "3,5", "0x1f", "1_000", [1], {"a": 1}]),
+    ("boolean", [True, False, None, 0, 1, 0.0, float("nan"), "yes", "No", "t", "F", "1", "0",
+                 "", "NA"],
+     [2, -1, 0.5, "maybe", "2", [True]]),
+    ("categorical", ["red", "", 3, 2.5, True, None], [["red"], {"a": 1}]),
+    ("text", ["some words", 3, None], [["words"]]),
+    ("datetime", ["2024-01-05", "not a date", 3, None], [{"y": 2024}]),
+])
+def test_what_each_column_type_takes(column_type, fitting, refused):
+    values = fitting + refused
+    problems = list(value_problems(values, column_type))
+    assert [row for row, _ in problems] == list(range(len(fitting), len(values)))
+    assert list(value_problems(np.array(values, dtype=object), column_type)) == problems
+
+
+def test_float_arrays_fit_numeric_and_categorical_columns_and_only_0_1_fit_boolean():
+    values = np.array([0.0, 1.0, np.nan, 2.0, -1.0])
+    assert list(value_problems(values, "numeric")) == []
+    assert list(value_problems(values, "categorical")) == []
+    assert list(value_problems(values, "boolean")) == [
+        (3, "2.0 is not a boolean (0 or 1); the column is boolean"),
+        (4, "-1.0 is not a boolean (0 or 1); the column is boolean")]
+
+
+def test_a_bad_value_is_refused_naming_its_row_and_column():
+    with pytest.raises(InvalidArgument) as e:
+        check_values({"x": [1.0, "3.5", "abc", None], "colour": ["red"] * 4}, TYPES,
+                     lambda column, row: f"rows[{row}].{column}")
+    assert e.value.reason == "PREDICTION_VALUE_TYPE"
+    assert [(v.field, v.description) for v in e.value.violations] == [
+        ("rows[2].x", "'abc' is not a number; the column is numeric")]
+    assert e.value.message == ("1 problem(s) with the values, first: rows[2].x: "
+                               "'abc' is not a number; the column is numeric")
+
+
+def test_value_problems_are_capped():
+    with pytest.raises(InvalidArgument) as e:
+        check_values({"x": ["abc"] * 50, "colour": [["red"]] * 50}, TYPES,
+                     lambda column, row: f"columns.{column}[{row}]")
+    assert [v.field for v in e.value.violations] == [f"columns.x[{i}]" for i in range(20)]

@@ -1,10 +1,11 @@
 """Predictions from deployed models, with the loaded models kept hot in an LRU cache
 and concurrent requests for one model predicted together (`batching`)."""
 
+import itertools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -75,6 +76,12 @@ class ModelCache:
                 self._loaded[model_id] = compiled
 
 
+def _refused(violations: list[FieldViolation], what: str, reason: str) -> InvalidArgument:
+    shown = violations[:MAX_REPORTED_VIOLATIONS]
+    return InvalidArgument(f"{len(shown)} problem(s) with the {what}, first: {shown[0].field}: "
+                           f"{shown[0].description}", shown, reason=reason)
+
+
 def check_rows(rows: list[dict], feature_columns: list[str]) -> None:
     """Every row must have exactly the model's feature columns."""
     if not rows:
@@ -96,10 +103,19 @@ def check_rows(rows: list[dict], feature_columns: list[str]) -> None:
         if len(violations) >= MAX_REPORTED_VIOLATIONS:
             break
     if violations:
-        shown = violations[:MAX_REPORTED_VIOLATIONS]
-        raise InvalidArgument(
-            f"{len(shown)} problem(s) with the rows, first: {shown[0].field}: "
-            f"{shown[0].description}", shown, reason="PREDICTION_COLUMNS_MISMATCH")
+        raise _refused(violations, "rows", "PREDICTION_COLUMNS_MISMATCH")
+
+
+def check_values(columns: Mapping[str, Sequence], column_types: Mapping[str, str],
+                 field: Callable[[str, int], str]) -> None:
+    """Every value must fit its column's type (`automl.value_problems`);
+    `field(column, row)` is where a value is in the request."""
+    problems = ((column, row, problem) for column, kind in column_types.items()
+                for row, problem in automl.value_problems(columns[column], kind))
+    violations = [FieldViolation(field(column, row), problem) for column, row, problem
+                  in itertools.islice(problems, MAX_REPORTED_VIOLATIONS)]
+    if violations:
+        raise _refused(violations, "values", "PREDICTION_VALUE_TYPE")
 
 
 def predictions_of(pipeline, model: dict, data) -> list[Prediction]:
@@ -126,11 +142,13 @@ class Predictor:
     def predict(self, user_id: str, endpoint_id: str, rows: list[dict]) -> tuple[str, list]:
         endpoint = self.endpoints.get(user_id, endpoint_id)
         model = self.models.get(user_id, endpoint["model_id"])
-        check_rows(rows, model["feature_columns"])
+        columns = model["feature_columns"]
+        check_rows(rows, columns)
         pipeline = self.cache.pipeline(model)
+        check_values(automl.rows_to_columns(rows, columns), automl.column_types(pipeline),
+                     lambda column, row: f"rows[{row}].{column}")
 
         def predict(all_rows: list[dict]) -> list[Prediction]:
-            columns = model["feature_columns"]
             data = (automl.rows_to_columns(all_rows, columns) if automl.takes_columns(pipeline)
                     else automl.rows_to_frame(all_rows, columns))
             return predictions_of(pipeline, model, data)

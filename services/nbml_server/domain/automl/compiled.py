@@ -325,8 +325,9 @@ class CompiledPipeline:
         if (len(pipeline.steps) != 3 or not isinstance(coerce, SchemaCoercer)
                 or not isinstance(preprocess, ColumnTransformer)):
             raise Unsupported("not a coerce / preprocess / model pipeline")
-        self.columns = list(coerce.column_types_)
-        self.coercers = [_coercer(coerce.column_types_[c]) for c in self.columns]
+        self.column_types = dict(coerce.column_types_)
+        self.columns = list(self.column_types)
+        self.coercers = [_coercer(kind) for kind in self.column_types.values()]
         self.preprocess = _column_transformer(preprocess, self.columns)
         self.model = _model(model)
         self.classes_ = getattr(pipeline, "classes_", None)
@@ -369,11 +370,20 @@ def takes_columns(model) -> bool:
     return isinstance(model, (CompiledPipeline, CompiledEnsemble))
 
 
+def column_types(model) -> dict[str, str]:
+    """Input column -> its type ("numeric", ...) of a fitted pipeline, an ensemble of
+    them (whose members share the input schema) or their compiled form."""
+    if isinstance(model, (WeightedEnsemble, CompiledEnsemble)):
+        model = model.members[0]
+    if isinstance(model, CompiledPipeline):
+        return dict(model.column_types)
+    return dict(model.named_steps["coerce"].column_types_)
+
+
 def probe_rows(pipeline) -> pd.DataFrame:
     """Rows that exercise every input column: typical values, missing ones, unseen
     categories and each category the encoders were fit on (a few per column)."""
-    first = pipeline.members[0] if isinstance(pipeline, WeightedEnsemble) else pipeline
-    types = first.named_steps["coerce"].column_types_
+    types = column_types(pipeline)
     known = _known_categories(pipeline)
     n = 8
     frame = {}
