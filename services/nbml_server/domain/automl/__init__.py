@@ -17,7 +17,7 @@ from .deadline import Deadline
 from .ensemble import WeightedEnsemble, greedy_selection
 from .evaluation import Evaluation, evaluate
 from .learners import LEARNERS, Learner, LearnerContext
-from .prediction import predict_frame, rows_to_columns, rows_to_frame
+from .prediction import columns_to_frame, predict_frame, rows_to_columns, rows_to_frame
 from .preprocessing import build_preprocessor
 from .search import (FittedModel, SearchRequest, SearchResult, TrialResult, build_pipeline,
                      prepare_trials, quiet_warnings,
@@ -31,7 +31,8 @@ __all__ = [
     "DatePartsTransformer", "Deadline", "Evaluation", "FittedModel", "LEARNERS", "Learner",
     "LearnerContext", "REGRESSION", "REGRESSION_METRICS", "SchemaCoercer", "SearchRequest",
     "SearchResult", "TextStatsTransformer", "TrialResult", "build_pipeline",
-    "build_preprocessor", "column_types", "compile_model", "evaluate", "greater_is_better",
+    "build_preprocessor", "column_types", "columns_to_frame", "compile_model", "evaluate",
+    "greater_is_better",
     "infer_column_type", "load_model", "predict_frame", "resolve_column_types",
     "prepare_trials", "quiet_warnings", "resolve_metric", "resolve_task", "rows_to_columns",
     "rows_to_frame",

@@ -287,8 +287,11 @@ def _model(model):
 def _coercer(kind: str) -> Callable[[list], np.ndarray]:
     """`SchemaCoercer`'s conversion of one column's raw values, without a Series."""
     if kind == "numeric":
-        def numbers(raw: list) -> np.ndarray:
-            values = np.fromiter((number_or_nan(v) for v in raw), np.float64, len(raw))
+        def numbers(raw) -> np.ndarray:
+            if isinstance(raw, np.ndarray) and raw.dtype.kind in "fiu":  # numbers already
+                values = raw.astype(np.float64)
+            else:
+                values = np.fromiter((number_or_nan(v) for v in raw), np.float64, len(raw))
             return np.where(np.isfinite(values), values, np.nan)
         return numbers
     if kind == "boolean":
@@ -303,15 +306,17 @@ def _coercer(kind: str) -> Callable[[list], np.ndarray]:
     return labels
 
 
-def _raw_columns(X, columns: list[str]) -> tuple[int, list[list]]:
+def _raw_columns(X, columns: list[str]) -> tuple[int, list]:
     """(rows, each column's raw values) of a DataFrame or a mapping of column ->
-    values; a missing column is all missing."""
+    values (arrays are kept: a float array is coerced without a Python loop); a
+    missing column is all missing."""
     if isinstance(X, pd.DataFrame):
         n = len(X)
         return n, [X[c].to_numpy(dtype=object, na_value=None).tolist() if c in X.columns
                    else [None] * n for c in columns]
     n = len(next(iter(X.values()))) if X else 0
-    return n, [list(X[c]) if c in X else [None] * n for c in columns]
+    return n, [(X[c] if isinstance(X[c], np.ndarray) else list(X[c])) if c in X
+               else [None] * n for c in columns]
 
 
 class CompiledPipeline:
