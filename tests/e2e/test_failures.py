@@ -9,8 +9,9 @@ import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nbml.client import Client
+from nbml.client import Client, column_values, frame_to_structs
 from nbml.errors import NbmlError
+from nbml.v1 import predictor_service_pb2, predictor_service_pb2_grpc
 from nbml_server.domain.tokens import Caller, TokenIssuer
 from nbml_server.launcher import SERVICES
 from nbml_server.settings import Settings
@@ -147,6 +148,44 @@ def test_prediction_rows_with_missing_or_extra_columns(platform, alice, trained,
         assert needle in body["message"]
         details = [d for d in body["details"] if d["@type"].endswith("BadRequest")]
         assert details[0]["field_violations"][0]["field"].startswith("rows[0].")
+
+
+def test_prediction_values_of_the_wrong_type_are_refused_naming_them(alice, trained,
+                                                                     breast_cancer_features):
+    rows = breast_cancer_features.head(5).astype({"mean radius": object})
+    rows.loc[3, "mean radius"] = "big"
+    for predict, field in ((alice.predict, "rows[3].mean radius"),
+                           (alice.predict_columns, "columns.mean radius[3]")):
+        error = error_of(predict, trained["endpoint"], rows)
+        assert (error.code, error.reason) == ("INVALID_ARGUMENT", "PREDICTION_VALUE_TYPE")
+        assert [(v.field, v.description) for v in error.field_violations] == [
+            (field, "'big' is not a number; the column is numeric")]
+
+
+def test_malformed_columnar_requests_are_refused(platform, alice, trained,
+                                                 breast_cancer_features):
+    rows = breast_cancer_features.head(3)
+    columns = {name: column_values(values) for name, values in rows.items()}
+    both = predictor_service_pb2.PredictRequest(
+        endpoint=f"endpoints/{trained['endpoint']}", columns=columns,
+        rows=frame_to_structs(rows))
+    ragged = predictor_service_pb2.PredictRequest(
+        endpoint=f"endpoints/{trained['endpoint']}",
+        columns={**columns, "mean radius": column_values(rows["mean radius"].head(2))})
+    with grpc.insecure_channel(platform.address) as channel:  # through Envoy
+        stub = predictor_service_pb2_grpc.PredictorServiceStub(channel)
+        for request, reason, field in ((both, "ROWS_AND_COLUMNS", "columns"),
+                                       (ragged, "COLUMN_LENGTHS_DIFFER", "columns.mean radius")):
+            error = error_of(predict_over_grpc, stub, alice.token, request)
+            assert (error.code, error.reason) == ("INVALID_ARGUMENT", reason)
+            assert [v.field for v in error.field_violations] == [field]
+
+
+def predict_over_grpc(stub, token, request):
+    try:
+        return stub.Predict(request, metadata=[("authorization", f"Bearer {token}")], timeout=60)
+    except grpc.RpcError as e:
+        raise NbmlError.from_rpc_error(e) from None
 
 
 def test_user_rules_reject_the_upload(bob, tmp_path):

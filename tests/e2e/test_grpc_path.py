@@ -32,6 +32,19 @@ def test_sign_up_upload_train_leaderboard_deploy_predict(alice, trained, breast_
     assert set(predictions["prediction"]) <= {"malignant", "benign"}
 
 
+def test_columns_predict_what_rows_do(alice, trained, breast_cancer_features):
+    import numpy as np
+
+    rows = breast_cancer_features.head(200)
+    by_row = alice.predict(trained["endpoint"], rows)
+    by_column = alice.predict_columns(trained["endpoint"], rows)
+    assert alice.last_model == f"models/{trained['model']}"
+    assert list(by_column) == list(by_row.columns)
+    assert list(by_column["prediction"]) == list(by_row["prediction"])
+    for name in ("probability_benign", "probability_malignant"):
+        np.testing.assert_allclose(by_column[name], by_row[name], rtol=0, atol=1e-9)
+
+
 def test_train_on_every_row_without_holdout(alice):
     import numpy as np
     import pandas as pd

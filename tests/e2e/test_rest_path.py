@@ -67,6 +67,20 @@ def test_rest_user_path(rest, carol, breast_cancer_csv, breast_cancer_features):
     assert len(predictions) == 5
     assert all(p["label"] in ("malignant", "benign") for p in predictions)
 
+    # The same rows column by column, answered column by column.
+    columns = {name: {"numbers": values.tolist()}
+               for name, values in breast_cancer_features.head(5).items()}
+    by_column = rest("POST", f"/v1/{endpoint['name']}:predict", carol, json={"columns": columns})
+    assert by_column.status_code == 200, by_column.text
+    answer = by_column.json()
+    assert not answer.get("predictions")  # Envoy prints empty fields too
+    prediction_columns = answer["prediction_columns"]
+    assert prediction_columns["labels"] == [p["label"] for p in predictions]
+    classes = prediction_columns["classes"]
+    assert sorted(classes) == ["benign", "malignant"]
+    assert prediction_columns["probabilities"] == pytest.approx(
+        [p["probabilities"][c] for p in predictions for c in classes], abs=1e-9)
+
     listed = rest("GET", "/v1/datasets?page_size=1", carol).json()
     assert len(listed["datasets"]) == 1
 

@@ -1,4 +1,5 @@
-"""The fiddly parts of the Python client: rows <-> Struct, predictions -> DataFrame,
+"""The fiddly parts of the Python client: rows <-> Struct, columns -> ColumnValues,
+predictions -> DataFrame or arrays,
 resource names, rich error parsing, token refresh, and the credentials file."""
 
 import datetime as dt
@@ -18,7 +19,9 @@ from nbml.cli import render
 from nbml.client import (
     Client,
     _rules_message,
+    column_values,
     frame_to_structs,
+    prediction_columns_to_dict,
     predictions_to_frame,
     resource_id,
     resource_name,
@@ -130,6 +133,37 @@ def test_frame_from_csv_round_trips():
 
 def test_empty_frame_gives_no_structs():
     assert frame_to_structs(pd.DataFrame({"a": []})) == []
+
+
+# ------------------------------------------------------------------ columns
+def test_numeric_columns_go_as_numbers_with_nan_for_missing():
+    for values in (np.array([1, 2, 3]), pd.Series([1.5, np.nan, 3.0]),
+                   [1, None, 2.5], pd.Series([1, None, 3], dtype="Int64")):
+        column = column_values(values)
+        assert not column.strings and not column.missing_indices
+        np.testing.assert_array_equal(np.array(column.numbers),
+                                      np.asarray(pd.Series(values, dtype="float64")))
+
+
+def test_other_columns_go_as_strings_with_missing_indices():
+    column = column_values(pd.Series(["pro", None, 3, 2.5, 4.0, True, np.nan], dtype=object))
+    assert list(column.strings) == ["pro", "", "3", "2.5", "4", "True", ""]
+    assert list(column.missing_indices) == [1, 6]
+    assert not column.numbers
+    booleans = column_values(np.array([True, False]))
+    assert list(booleans.strings) == ["True", "False"] and not booleans.numbers
+
+
+def test_prediction_columns_as_arrays():
+    classified = prediction_columns_to_dict(predictor_service_pb2.PredictionColumns(
+        labels=["b", "a"], values=[0.75, 0.5], classes=["a", "b"],
+        probabilities=[0.25, 0.75, 0.5, 0.5]))
+    assert list(classified) == ["prediction", "probability_a", "probability_b"]
+    assert list(classified["prediction"]) == ["b", "a"]
+    assert list(classified["probability_b"]) == [0.75, 0.5]
+    regressed = prediction_columns_to_dict(predictor_service_pb2.PredictionColumns(
+        values=[1.5, -2.0]))
+    assert list(regressed) == ["prediction"] and list(regressed["prediction"]) == [1.5, -2.0]
 
 
 # ------------------------------------------------------------------ predictions -> frame

@@ -1,4 +1,5 @@
-"""Serving: prediction row checks, the LRU model cache, and prediction shaping."""
+"""Serving: prediction row and column checks, value types, the LRU model cache,
+prediction shaping, and rows and columns predicting alike."""
 
 import threading
 
@@ -8,9 +9,10 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from nbml_server.domain.automl import (LEARNERS, LearnerContext, build_pipeline, load_model,
-                                       save_model, takes_columns)
+                                       save_model, takes_columns, value_problems)
 from nbml_server.domain.serving import (MAX_REPORTED_VIOLATIONS, MAX_ROWS_PER_REQUEST,
-                                        ModelCache, check_rows, predictions_of)
+                                        ModelCache, Predictor, check_columns, check_rows,
+                                        check_values, predictions_of)
 from nbml_server.errors import FailedPrecondition, InvalidArgument
 
 FEATURES = ["x", "colour"]
@@ -220,3 +222,142 @@ def test_classification_predictions(classifier):
         assert set(p.probabilities) == {"no", "yes"}
         assert sum(p.probabilities.values()) == pytest.approx(1.0)
         assert p.value == max(p.probabilities.values()) == p.probabilities[p.label]
+
+
+# -- check_columns ---------------------------------------------------------------------
+
+def invalid_columns(columns, features=FEATURES) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as e:
+        check_columns(columns, features)
+    return e.value
+
+
+def test_good_columns_give_the_number_of_rows():
+    assert check_columns({"colour": ["red", None], "x": np.array([1.0, np.nan])}, FEATURES) == 2
+
+
+def test_missing_and_unknown_columns():
+    error = invalid_columns({"x": [1.0], "size": [3.0]})
+    assert error.reason == "PREDICTION_COLUMNS_MISMATCH"
+    assert [(v.field, v.description) for v in error.violations] == [
+        ("columns.colour", "missing column 'colour'"),
+        ("columns.size", "unknown column 'size'; expected: x, colour")]
+
+
+def test_columns_of_different_lengths_name_the_odd_ones_out():
+    error = invalid_columns({"a": [1.0], "b": [1.0, 2.0], "c": [1.0, 2.0]}, ["a", "b", "c"])
+    assert error.reason == "COLUMN_LENGTHS_DIFFER"
+    assert [(v.field, v.description) for v in error.violations] == [
+        ("columns.a", "1 value(s), where columns.b has 2")]
+    tie = invalid_columns({"x": [1.0, 2.0, 3.0], "colour": ["red"]})
+    assert [(v.field, v.description) for v in tie.violations] == [
+        ("columns.colour", "1 value(s), where columns.x has 3")]
+
+
+def test_empty_and_too_long_columns():
+    assert invalid_columns({"x": [], "colour": []}).reason == "NO_ROWS"
+    n = MAX_ROWS_PER_REQUEST + 1
+    error = invalid_columns({"x": np.zeros(n), "colour": [None] * n})
+    assert (error.reason, [v.field for v in error.violations]) == ("TOO_MANY_ROWS", ["columns"])
+
+
+# -- value types -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("column_type, fitting, refused", [
+    ("numeric", [1, -2.5, float("nan"), None, "3.5", " 4 ", "+1e3", ".5", "inf", "", "NA",
+                 "null", "?"],
+     [True, False, "abc", "3,5", "0x1f", "1_000", [1], {"a": 1}]),
+    ("boolean", [True, False, None, 0, 1, 0.0, float("nan"), "yes", "No", "t", "F", "1", "0",
+                 "", "NA"],
+     [2, -1, 0.5, "maybe", "2", [True]]),
+    ("categorical", ["red", "", 3, 2.5, True, None], [["red"], {"a": 1}]),
+    ("text", ["some words", 3, None], [["words"]]),
+    ("datetime", ["2024-01-05", "not a date", 3, None], [{"y": 2024}]),
+])
+def test_what_each_column_type_takes(column_type, fitting, refused):
+    values = fitting + refused
+    problems = list(value_problems(values, column_type))
+    assert [row for row, _ in problems] == list(range(len(fitting), len(values)))
+    assert list(value_problems(np.array(values, dtype=object), column_type)) == problems
+
+
+def test_float_arrays_fit_numeric_and_categorical_columns_and_only_0_1_fit_boolean():
+    values = np.array([0.0, 1.0, np.nan, 2.0, -1.0])
+    assert list(value_problems(values, "numeric")) == []
+    assert list(value_problems(values, "categorical")) == []
+    assert list(value_problems(values, "boolean")) == [
+        (3, "2.0 is not a boolean (0 or 1); the column is boolean"),
+        (4, "-1.0 is not a boolean (0 or 1); the column is boolean")]
+
+
+def test_a_bad_value_is_refused_naming_its_row_and_column():
+    with pytest.raises(InvalidArgument) as e:
+        check_values({"x": [1.0, "3.5", "abc", None], "colour": ["red"] * 4}, TYPES,
+                     lambda column, row: f"rows[{row}].{column}")
+    assert e.value.reason == "PREDICTION_VALUE_TYPE"
+    assert [(v.field, v.description) for v in e.value.violations] == [
+        ("rows[2].x", "'abc' is not a number; the column is numeric")]
+    assert e.value.message == ("1 problem(s) with the values, first: rows[2].x: "
+                               "'abc' is not a number; the column is numeric")
+
+
+def test_value_problems_are_capped():
+    with pytest.raises(InvalidArgument) as e:
+        check_values({"x": ["abc"] * 50, "colour": [["red"]] * 50}, TYPES,
+                     lambda column, row: f"columns.{column}[{row}]")
+    assert [v.field for v in e.value.violations] == [f"columns.x[{i}]" for i in range(20)]
+
+
+# -- Predictor: rows and columns ---------------------------------------------------------
+
+class FakeRecords:
+    """Endpoints and ModelRegistry as the Predictor reads them: get(user, id) -> record."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def get(self, user_id: str, record_id: str) -> dict:
+        return self.record
+
+
+CLASSIFIER = {"model_id": "mdl_c", "task": "classification", "feature_columns": FEATURES}
+
+
+def predictor_serving(model, compiled: bool) -> Predictor:
+    cache = ModelCache(FakeRegistry(save_model(model)), capacity=1,
+                       run_later=(lambda work: work()) if compiled else NO_COMPILE)
+    predictor = Predictor(FakeRecords({"model_id": "mdl_c"}), FakeRecords(CLASSIFIER), None,
+                          cache)
+    predictor.predict("u", "ep", [{"x": 0.0, "colour": "red"}])  # loads (and compiles)
+    assert takes_columns(cache.pipeline(CLASSIFIER)) == compiled
+    return predictor
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_columns_predict_what_rows_do(classifier, compiled):
+    predictor = predictor_serving(classifier, compiled)
+    x = [-2.0, 0.5, None, 3.0]
+    colour = ["red", None, "blue", "green"]
+    _, by_row = predictor.predict(
+        "u", "ep", [{"x": v, "colour": c} for v, c in zip(x, colour)])
+    _, by_column = predictor.predict_columns(
+        "u", "ep", {"x": np.array(x, dtype=np.float64),
+                    "colour": np.array(colour, dtype=object)})
+    assert by_column.labels == [p.label for p in by_row]
+    assert by_column.classes == ["no", "yes"]
+    np.testing.assert_allclose(by_column.values, [p.value for p in by_row], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(by_column.probabilities,
+                               [[p.probabilities[c] for c in ("no", "yes")] for p in by_row],
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_both_paths_refuse_a_value_of_the_wrong_type(classifier, compiled):
+    predictor = predictor_serving(classifier, compiled)
+    with pytest.raises(InvalidArgument) as by_row:
+        predictor.predict("u", "ep", [{"x": 1.0, "colour": "red"}, {"x": "lots", "colour": "red"}])
+    with pytest.raises(InvalidArgument) as by_column:
+        predictor.predict_columns("u", "ep", {"x": np.array(["1", "lots"], dtype=object),
+                                              "colour": np.array(["red", "red"], dtype=object)})
+    assert [v.field for v in by_row.value.violations] == ["rows[1].x"]
+    assert [v.field for v in by_column.value.violations] == ["columns.x[1]"]

@@ -11,7 +11,8 @@ machine and the same load, in one run (issue 5).
    (sklearn flavour, skops format, `predict_proba` as its pyfunc) that MLflow serves.
 3. Native load (wrk for HTTP, ghz for gRPC; see load_tools): single-row requests at
    concurrency 1, 8 and 32, and 1000-row requests at concurrency 1 - REST through Envoy
-   and gRPC through Envoy for the platform, REST for MLflow. Requests/s, p50, p99,
+   and gRPC through Envoy for the platform (single rows as `rows`, 1000 rows as
+   `columns`), REST for MLflow (its `dataframe_split`). Requests/s, p50, p99,
    errors and the server processes' CPU seconds are recorded; the in-process
    `predict_proba` time of the same pipeline is the floor.
 
@@ -36,7 +37,10 @@ import time
 import urllib.request
 
 import pandas as pd
+from google.protobuf import json_format
 
+from nbml.client import column_values
+from nbml.v1 import predictor_service_pb2
 from tools.bench import suite
 from tools.bench.load_tools import LoadResult, ghz, wrk
 from tools.bench.run_info import git_commit, json_default, load_average
@@ -66,6 +70,16 @@ def json_rows(frame: pd.DataFrame) -> list[dict]:
     """Rows as JSON objects; missing values as null."""
     return [{c: (None if isinstance(v, float) and math.isnan(v) else v) for c, v in row.items()}
             for row in json.loads(frame.to_json(orient="records"))]
+
+
+def platform_body(frame: pd.DataFrame) -> dict:
+    """A PredictRequest (without its endpoint) as proto JSON: a single row as `rows`,
+    more as `columns` (the form meant for many rows; `nbml.client.column_values`)."""
+    if len(frame) == 1:
+        return {"rows": json_rows(frame)}
+    request = predictor_service_pb2.PredictRequest(
+        columns={name: column_values(values) for name, values in frame.items()})
+    return json_format.MessageToDict(request, preserving_proto_field_name=True)
 
 
 def mlflow_body(frame: pd.DataFrame) -> bytes:
@@ -182,12 +196,12 @@ def bench_model(name: str, *, address: str, token: str, model_id: str,
     imports = [ROOT / "protos", ROOT / "build" / "protodeps"]
 
     def platform_rest(frame, concurrency):
-        body = json.dumps({"rows": json_rows(frame)}).encode()
+        body = json.dumps(platform_body(frame)).encode()
         return wrk(rest_url, body, concurrency=concurrency, seconds=seconds, headers=auth,
                    server_pids=server_pids)
 
     def platform_grpc(frame, concurrency):
-        return ghz(address, PREDICT_METHOD, {"endpoint": endpoint, "rows": json_rows(frame)},
+        return ghz(address, PREDICT_METHOD, {"endpoint": endpoint, **platform_body(frame)},
                    concurrency=concurrency, seconds=seconds, proto=proto, import_paths=imports,
                    metadata={"authorization": f"Bearer {token}"}, server_pids=server_pids)
 

@@ -1,12 +1,14 @@
 """Predictions from deployed models, with the loaded models kept hot in an LRU cache
 and concurrent requests for one model predicted together (`batching`)."""
 
+import itertools
 import logging
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from nbml_server.domain import automl
@@ -28,6 +30,16 @@ class Prediction:
     label: str
     value: float
     probabilities: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PredictionColumns:
+    """The predictions of many rows, column by column (no object per row)."""
+
+    labels: list[str]  # classification: the predicted class of each row; regression: empty
+    values: np.ndarray  # regression: the value; classification: the label's probability
+    classes: list[str]  # classification: the columns of `probabilities`; regression: empty
+    probabilities: np.ndarray  # rows x classes (no columns for regression)
 
 
 def _in_background(work: Callable[[], None]) -> None:
@@ -76,6 +88,12 @@ class ModelCache:
                 self._loaded[model_id] = compiled
 
 
+def _refused(violations: list[FieldViolation], what: str, reason: str) -> InvalidArgument:
+    shown = violations[:MAX_REPORTED_VIOLATIONS]
+    return InvalidArgument(f"{len(shown)} problem(s) with the {what}, first: {shown[0].field}: "
+                           f"{shown[0].description}", shown, reason=reason)
+
+
 def check_rows(rows: list[dict], feature_columns: list[str]) -> None:
     """Every row must have exactly the model's feature columns."""
     if not rows:
@@ -97,22 +115,69 @@ def check_rows(rows: list[dict], feature_columns: list[str]) -> None:
         if len(violations) >= MAX_REPORTED_VIOLATIONS:
             break
     if violations:
-        shown = violations[:MAX_REPORTED_VIOLATIONS]
-        raise InvalidArgument(
-            f"{len(shown)} problem(s) with the rows, first: {shown[0].field}: "
-            f"{shown[0].description}", shown, reason="PREDICTION_COLUMNS_MISMATCH")
+        raise _refused(violations, "rows", "PREDICTION_COLUMNS_MISMATCH")
 
 
-def predictions_of(pipeline, model: dict, data) -> list[Prediction]:
+def check_columns(columns: Mapping[str, Sequence], feature_columns: list[str]) -> int:
+    """A columnar request must have exactly the model's feature columns, all of one
+    length: the number of rows, returned."""
+    expected = set(feature_columns)
+    violations = [FieldViolation(f"columns.{c}", f"missing column {c!r}")
+                  for c in feature_columns if c not in columns]
+    violations += [FieldViolation(f"columns.{c}", f"unknown column {c!r}; expected: "
+                                  f"{', '.join(feature_columns)}")
+                   for c in sorted(set(columns) - expected)]
+    if violations:
+        raise _refused(violations, "columns", "PREDICTION_COLUMNS_MISMATCH")
+    lengths = {c: len(columns[c]) for c in feature_columns}
+    # The odd ones out are the columns whose length most columns do not have.
+    n_rows = Counter(lengths.values()).most_common(1)[0][0]
+    reference = next(c for c, length in lengths.items() if length == n_rows)
+    uneven = [FieldViolation(f"columns.{c}", f"{length} value(s), where columns.{reference} "
+                             f"has {n_rows}")
+              for c, length in lengths.items() if length != n_rows]
+    if uneven:
+        raise _refused(uneven, "columns", "COLUMN_LENGTHS_DIFFER")
+    if not n_rows:
+        raise InvalidArgument.of("columns", "at least one row is needed", reason="NO_ROWS")
+    if n_rows > MAX_ROWS_PER_REQUEST:
+        raise InvalidArgument.of("columns", f"at most {MAX_ROWS_PER_REQUEST} rows per request",
+                                 reason="TOO_MANY_ROWS")
+    return n_rows
+
+
+def check_values(columns: Mapping[str, Sequence], column_types: Mapping[str, str],
+                 field: Callable[[str, int], str]) -> None:
+    """Every value must fit its column's type (`automl.value_problems`);
+    `field(column, row)` is where a value is in the request."""
+    problems = ((column, row, problem) for column, kind in column_types.items()
+                for row, problem in automl.value_problems(columns[column], kind))
+    violations = [FieldViolation(field(column, row), problem) for column, row, problem
+                  in itertools.islice(problems, MAX_REPORTED_VIOLATIONS)]
+    if violations:
+        raise _refused(violations, "values", "PREDICTION_VALUE_TYPE")
+
+
+def prediction_columns(pipeline, model: dict, data) -> PredictionColumns:
     """`data`: a DataFrame, or a mapping of column -> values for a compiled model."""
     if isinstance(data, pd.DataFrame):
         data = data[model["feature_columns"]]
     result = automl.predict_frame(pipeline, data, model["task"])
     if "values" in result:
-        return [Prediction("", float(v), {}) for v in result["values"]]
-    classes = result["classes"]
-    return [Prediction(label, float(max(p)), dict(zip(classes, map(float, p))))
-            for label, p in zip(result["labels"], result["probabilities"])]
+        values = result["values"]
+        return PredictionColumns([], values, [], np.empty((len(values), 0)))
+    probabilities = result["probabilities"]
+    return PredictionColumns(result["labels"], probabilities.max(axis=1), result["classes"],
+                             probabilities)
+
+
+def predictions_of(pipeline, model: dict, data) -> list[Prediction]:
+    """`prediction_columns` as one Prediction per row."""
+    columns = prediction_columns(pipeline, model, data)
+    if not columns.classes:
+        return [Prediction("", value, {}) for value in columns.values.tolist()]
+    return [Prediction(label, value, dict(zip(columns.classes, p))) for label, value, p
+            in zip(columns.labels, columns.values.tolist(), columns.probabilities.tolist())]
 
 
 class Predictor:
@@ -128,23 +193,42 @@ class Predictor:
         self._recent_models = RecentReads()
 
     def predict(self, user_id: str, endpoint_id: str, rows: list[dict]) -> tuple[str, list]:
-        endpoint = self.endpoints.get(user_id, endpoint_id)
-        model_id = endpoint["model_id"]
-        model = self._recent_models.get((user_id, model_id),
-                                        lambda: self.models.get(user_id, model_id))
-        check_rows(rows, model["feature_columns"])
+        model = self._model(user_id, endpoint_id)
+        columns = model["feature_columns"]
+        check_rows(rows, columns)
         pipeline = self.cache.pipeline(model)
+        check_values(automl.rows_to_columns(rows, columns), automl.column_types(pipeline),
+                     lambda column, row: f"rows[{row}].{column}")
 
         def predict(all_rows: list[dict]) -> list[Prediction]:
-            columns = model["feature_columns"]
             data = (automl.rows_to_columns(all_rows, columns) if automl.takes_columns(pipeline)
                     else automl.rows_to_frame(all_rows, columns))
             return predictions_of(pipeline, model, data)
         return model["model_id"], self.batcher.run(model["model_id"], rows, predict)
 
+    def predict_columns(self, user_id: str, endpoint_id: str,
+                        columns: Mapping[str, Sequence]) -> tuple[str, PredictionColumns]:
+        """Predictions of a columnar request: column -> values in row order (lists, or
+        arrays: float for numbers, NaN where missing; object for text, None where
+        missing). Not micro-batched: batching pays on requests of a few rows, where a
+        call's fixed cost dominates, and columnar requests are for many rows."""
+        model = self._model(user_id, endpoint_id)
+        features = model["feature_columns"]
+        n_rows = check_columns(columns, features)
+        pipeline = self.cache.pipeline(model)
+        check_values(columns, automl.column_types(pipeline),
+                     lambda column, row: f"columns.{column}[{row}]")
+        data = (columns if automl.takes_columns(pipeline)
+                else automl.columns_to_frame(columns, features, n_rows))
+        return model["model_id"], prediction_columns(pipeline, model, data)
+
+    def _model(self, user_id: str, endpoint_id: str) -> dict:
+        model_id = self.endpoints.get(user_id, endpoint_id)["model_id"]
+        return self._recent_models.get((user_id, model_id),
+                                       lambda: self.models.get(user_id, model_id))
+
     def batch_predict(self, user_id: str, endpoint_id: str, dataset_id: str) -> dict:
-        endpoint = self.endpoints.get(user_id, endpoint_id)
-        model = self.models.get(user_id, endpoint["model_id"])
+        model = self._model(user_id, endpoint_id)
         dataset = self.datasets.get(user_id, dataset_id)
         frame = self.datasets.load_frame(dataset)
         missing = [c for c in model["feature_columns"] if c not in frame.columns]

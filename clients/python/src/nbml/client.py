@@ -8,6 +8,7 @@
         job = nb.wait_for_job(nb.train(ds.name, target="species").name)
         ep = nb.deploy(job.best_model)
         predictions = nb.predict(ep.name, frame)   # DataFrame in, DataFrame out
+        columns = nb.predict_columns(ep.name, {"age": ages, "plan": plans})  # arrays
 
 Ids may be given bare (``ds_...``) or as resource names (``datasets/ds_...``). Methods
 return the protobuf messages of ``nbml.v1`` unless they say they return a DataFrame.
@@ -54,7 +55,7 @@ from nbml.v1 import (
 __all__ = [
     "Client", "Session", "NbmlError",
     "resource_name", "resource_id", "frame_to_structs", "to_python_value",
-    "predictions_to_frame", "task_from_str", "task_to_str", "job_state_to_str",
+    "column_values", "prediction_columns_to_dict", "predictions_to_frame", "task_from_str", "task_to_str", "job_state_to_str",
     "TERMINAL_JOB_STATES",
 ]
 
@@ -216,6 +217,43 @@ def frame_to_structs(frame: pd.DataFrame, columns: Iterable[str] | None = None
             _set_value(s.fields[name], cell)
         structs.append(s)
     return structs
+
+
+def _as_text(value: bool | int | float | str) -> str:
+    # As the server reads a number or a boolean in a categorical column (3.0 and 3 -> "3").
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def column_values(values: Any) -> predictor_service_pb2.ColumnValues:
+    """One input column (a list, array or Series) as ``ColumnValues``: ``numbers`` when
+    every value is a number or missing (NaN), else ``strings``, missing values listed
+    in ``missing_indices`` and numbers and booleans as text (``"3"``, ``"True"``)."""
+    array = values.to_numpy() if isinstance(values, (pd.Series, pd.Index)) else values
+    if isinstance(array, np.ndarray) and array.dtype.kind in "iuf":
+        return predictor_service_pb2.ColumnValues(numbers=array.astype(np.float64).tolist())
+    cells = [to_python_value(v) for v in array]
+    if all(c is None or (isinstance(c, (int, float)) and not isinstance(c, bool))
+           for c in cells):
+        return predictor_service_pb2.ColumnValues(
+            numbers=[math.nan if c is None else float(c) for c in cells])
+    return predictor_service_pb2.ColumnValues(
+        strings=["" if c is None else _as_text(c) for c in cells],
+        missing_indices=[i for i, c in enumerate(cells) if c is None])
+
+
+def prediction_columns_to_dict(columns: predictor_service_pb2.PredictionColumns
+                               ) -> dict[str, np.ndarray]:
+    """``PredictionColumns`` as arrays in row order, named as ``predictions_to_frame``
+    names its columns: ``prediction`` (class labels, or values for regression) and,
+    for classification, ``probability_<class>`` per class."""
+    if not columns.classes:
+        return {"prediction": np.array(columns.values, dtype=np.float64)}
+    probabilities = np.array(columns.probabilities, dtype=np.float64).reshape(
+        -1, len(columns.classes))
+    return {"prediction": np.array(columns.labels, dtype=object),
+            **{f"probability_{c}": probabilities[:, j] for j, c in enumerate(columns.classes)}}
 
 
 def predictions_to_frame(predictions: Iterable[Any], classes: Iterable[str] | None = None,
@@ -878,6 +916,19 @@ class Client:
             model = resp.model or model
         self.last_model = model
         return predictions_to_frame(predictions, self._classes(model), index=frame.index)
+
+    def predict_columns(self, endpoint_id: str, columns: Mapping[str, Any] | pd.DataFrame
+                        ) -> dict[str, np.ndarray]:
+        """Predictions for rows sent column by column - column name -> values (lists,
+        arrays or Series; exactly the endpoint's feature columns, all of one length, at
+        most 100,000 rows) - in one Predict call, far cheaper than ``predict`` on many
+        rows. Returns ``prediction_columns_to_dict`` of the answer."""
+        request = predictor_service_pb2.PredictRequest(
+            endpoint=resource_name("endpoints", endpoint_id),
+            columns={str(name): column_values(values) for name, values in columns.items()})
+        resp = self._unary(self._predictor.Predict, request)
+        self.last_model = resp.model
+        return prediction_columns_to_dict(resp.prediction_columns)
 
     def predict_stream(self, endpoint_id: str, frames: Iterable[pd.DataFrame], *,
                        select_features: bool = True) -> Iterator[pd.DataFrame]:

@@ -10,13 +10,14 @@ No grpc, protobuf or storage here; errors are `nbml_server.errors` domain errors
 """
 
 from .artifacts import ALLOWED_TYPES, load_model, save_model
-from .columns import COLUMN_TYPES, infer_column_type, resolve_column_types, to_label
-from .compiled import compile_model, takes_columns
+from .columns import (COLUMN_TYPES, infer_column_type, resolve_column_types, to_label,
+                      value_problems)
+from .compiled import column_types, compile_model, takes_columns
 from .deadline import Deadline
 from .ensemble import WeightedEnsemble, greedy_selection
 from .evaluation import Evaluation, evaluate
 from .learners import LEARNERS, Learner, LearnerContext
-from .prediction import predict_frame, rows_to_columns, rows_to_frame
+from .prediction import columns_to_frame, predict_frame, rows_to_columns, rows_to_frame
 from .preprocessing import build_preprocessor
 from .search import (FittedModel, SearchRequest, SearchResult, TrialResult, build_pipeline,
                      prepare_trials, quiet_warnings,
@@ -30,10 +31,11 @@ __all__ = [
     "DatePartsTransformer", "Deadline", "Evaluation", "FittedModel", "LEARNERS", "Learner",
     "LearnerContext", "REGRESSION", "REGRESSION_METRICS", "SchemaCoercer", "SearchRequest",
     "SearchResult", "TextStatsTransformer", "TrialResult", "build_pipeline",
-    "build_preprocessor", "compile_model", "evaluate", "greater_is_better",
+    "build_preprocessor", "column_types", "columns_to_frame", "compile_model", "evaluate",
+    "greater_is_better",
     "infer_column_type", "load_model", "predict_frame", "resolve_column_types",
     "prepare_trials", "quiet_warnings", "resolve_metric", "resolve_task", "rows_to_columns",
     "rows_to_frame",
     "run_search", "takes_columns", "save_model", "to_label",
-    "validate_budget", "WeightedEnsemble", "greedy_selection",
+    "validate_budget", "value_problems", "WeightedEnsemble", "greedy_selection",
 ]

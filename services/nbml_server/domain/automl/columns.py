@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ from nbml_server.errors import FieldViolation, InvalidArgument
 # One inference for the profile users see and the pipelines the search builds.
 from nbml_server.domain.datasets.profiling import (BOOLEAN, COLUMN_TYPES,  # noqa: E402
                                                    DATETIME, NUMERIC, infer_column_type)
+from nbml_server.domain.datasets.reading import NA_TOKENS, numberish
 
 BOOL_TRUE = frozenset({"true", "t", "yes", "y"})
 BOOL_FALSE = frozenset({"false", "f", "no", "n"})
@@ -143,6 +144,59 @@ def coerce_column(series: pd.Series, column_type: str) -> pd.Series:
     if column_type == DATETIME:
         return coerce_datetime(series)
     return coerce_categorical(series)  # categorical and text
+
+
+# ------------------------------------------------------------------ prediction input
+
+def value_problem(value, column_type: str) -> str | None:
+    """Why one prediction input value does not fit a column of `column_type`, or None
+    when it does. What fits is what training data could hold (`datasets.reading`):
+    numeric columns take numbers and text that reads as one, boolean columns booleans,
+    0 and 1 and the words of `bool_or_nan`, every column takes missing values (None,
+    NaN, blank text, NA markers in numeric columns); categorical, text and date-time
+    columns take any number, text or boolean (as text; an unreadable date is missing,
+    as in training)."""
+    if isinstance(value, (list, dict)):
+        return f"{'a list' if isinstance(value, list) else 'an object'} is not a column value"
+    if column_type == NUMERIC:
+        if isinstance(value, (bool, np.bool_)):
+            return f"{value!r} is a boolean, not a number; the column is numeric"
+        if isinstance(value, str) and value.strip() and not numberish(value.strip()):
+            return f"{value!r} is not a number; the column is numeric"
+    elif column_type == BOOLEAN:
+        if isinstance(value, str) and value.strip() and value.strip().lower() not in (
+                _BOOL_WORDS.keys() | NA_TOKENS):
+            return f"{value!r} is not a boolean; the column is boolean"
+        if (isinstance(value, (int, float, np.integer, np.floating))
+                and not isinstance(value, (bool, np.bool_))
+                and not (math.isnan(value) or value in (0, 1))):
+            return f"{value!r} is not a boolean (0 or 1); the column is boolean"
+    return None
+
+
+# Python types of values that fit every column of a type, with no need to look at them.
+_FITTING_TYPES = {NUMERIC: frozenset({float, int, type(None)}),
+                  BOOLEAN: frozenset({bool, type(None)})}
+_NEVER_FITTING_TYPES = frozenset({list, dict})
+
+
+def value_problems(values: Sequence, column_type: str) -> Iterator[tuple[int, str]]:
+    """(row, `value_problem`) of each value of one input column that does not fit
+    `column_type`, in row order. `values`: a list, or an array (float arrays - numbers,
+    NaN for missing - are checked without a Python loop)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        if column_type == BOOLEAN:
+            for row in np.flatnonzero(~(np.isnan(values) | (values == 0) | (values == 1))):
+                yield int(row), value_problem(float(values[row]), column_type)
+        return
+    types = set(map(type, values))
+    fitting = _FITTING_TYPES.get(column_type)
+    if (types <= fitting) if fitting is not None else types.isdisjoint(_NEVER_FITTING_TYPES):
+        return
+    for row, value in enumerate(values):
+        problem = value_problem(value, column_type)
+        if problem is not None:
+            yield row, problem
 
 
 # ------------------------------------------------------------------------ inference

@@ -317,8 +317,11 @@ def _model(model):
 def _coercer(kind: str) -> Callable[[list], np.ndarray]:
     """`SchemaCoercer`'s conversion of one column's raw values, without a Series."""
     if kind == "numeric":
-        def numbers(raw: list) -> np.ndarray:
-            values = np.fromiter((number_or_nan(v) for v in raw), np.float64, len(raw))
+        def numbers(raw) -> np.ndarray:
+            if isinstance(raw, np.ndarray) and raw.dtype.kind in "fiu":  # numbers already
+                values = raw.astype(np.float64)
+            else:
+                values = np.fromiter((number_or_nan(v) for v in raw), np.float64, len(raw))
             return np.where(np.isfinite(values), values, np.nan)
         return numbers
     if kind == "boolean":
@@ -333,15 +336,17 @@ def _coercer(kind: str) -> Callable[[list], np.ndarray]:
     return labels
 
 
-def _raw_columns(X, columns: list[str]) -> tuple[int, list[list]]:
+def _raw_columns(X, columns: list[str]) -> tuple[int, list]:
     """(rows, each column's raw values) of a DataFrame or a mapping of column ->
-    values; a missing column is all missing."""
+    values (arrays are kept: a float array is coerced without a Python loop); a
+    missing column is all missing."""
     if isinstance(X, pd.DataFrame):
         n = len(X)
         return n, [X[c].to_numpy(dtype=object, na_value=None).tolist() if c in X.columns
                    else [None] * n for c in columns]
     n = len(next(iter(X.values()))) if X else 0
-    return n, [list(X[c]) if c in X else [None] * n for c in columns]
+    return n, [(X[c] if isinstance(X[c], np.ndarray) else list(X[c])) if c in X
+               else [None] * n for c in columns]
 
 
 class CompiledPipeline:
@@ -355,8 +360,9 @@ class CompiledPipeline:
         if (len(pipeline.steps) != 3 or not isinstance(coerce, SchemaCoercer)
                 or not isinstance(preprocess, ColumnTransformer)):
             raise Unsupported("not a coerce / preprocess / model pipeline")
-        self.columns = list(coerce.column_types_)
-        self.coercers = [_coercer(coerce.column_types_[c]) for c in self.columns]
+        self.column_types = dict(coerce.column_types_)
+        self.columns = list(self.column_types)
+        self.coercers = [_coercer(kind) for kind in self.column_types.values()]
         self.preprocess = _column_transformer(preprocess, self.columns)
         self.model = _model(model)
         self.classes_ = getattr(pipeline, "classes_", None)
@@ -399,11 +405,20 @@ def takes_columns(model) -> bool:
     return isinstance(model, (CompiledPipeline, CompiledEnsemble))
 
 
+def column_types(model) -> dict[str, str]:
+    """Input column -> its type ("numeric", ...) of a fitted pipeline, an ensemble of
+    them (whose members share the input schema) or their compiled form."""
+    if isinstance(model, (WeightedEnsemble, CompiledEnsemble)):
+        model = model.members[0]
+    if isinstance(model, CompiledPipeline):
+        return dict(model.column_types)
+    return dict(model.named_steps["coerce"].column_types_)
+
+
 def probe_rows(pipeline) -> pd.DataFrame:
     """Rows that exercise every input column: typical values, missing ones, unseen
     categories and each category the encoders were fit on (a few per column)."""
-    first = pipeline.members[0] if isinstance(pipeline, WeightedEnsemble) else pipeline
-    types = first.named_steps["coerce"].column_types_
+    types = column_types(pipeline)
     known = _known_categories(pipeline)
     n = 8
     frame = {}

@@ -22,12 +22,21 @@ def rows_to_columns(rows: Sequence[Mapping[str, Any]],
 
 def rows_to_frame(rows: Sequence[Mapping[str, Any]], feature_columns: Sequence[str]) -> pd.DataFrame:
     """A frame of JSON-like rows (values as sent: numbers, strings, booleans, None),
-    one column per feature in training order; missing keys become None. Columns
-    are object dtype so that nothing is converted before the pipeline's own
-    schema coercion."""
-    return pd.DataFrame({c: pd.Series(values, dtype=object)
-                         for c, values in rows_to_columns(rows, feature_columns).items()},
-                        index=range(len(rows)))
+    one column per feature in training order; missing keys become None."""
+    return columns_to_frame(rows_to_columns(rows, feature_columns), feature_columns,
+                            len(rows))
+
+
+def columns_to_frame(columns: Mapping[str, Sequence], feature_columns: Sequence[str],
+                     n_rows: int) -> pd.DataFrame:
+    """A frame of columns as sent (lists, or arrays as a columnar request gives them),
+    one per feature in training order. Float arrays stay float64, other columns are
+    object dtype so that nothing is converted before the pipeline's own schema
+    coercion."""
+    def series(values) -> pd.Series:
+        numbers = isinstance(values, np.ndarray) and values.dtype.kind == "f"
+        return pd.Series(values, dtype=values.dtype if numbers else object)
+    return pd.DataFrame({c: series(columns[c]) for c in feature_columns}, index=range(n_rows))
 
 
 def predict_frame(pipeline, frame: pd.DataFrame, task: str) -> dict[str, Any]:

@@ -486,7 +486,9 @@ _NUMBERISH = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity)",
 _NUMBERISH_COMMA = re.compile(r"-?\d*,\d+")
 
 
-def _numberish(value: str, decimal_comma: bool) -> bool:
+def numberish(value: str, decimal_comma: bool = False) -> bool:
+    """Whether stripped, non-empty text is read as a number or a missing marker in a
+    numeric column."""
     return bool(_NUMBERISH.fullmatch(value) or value.lower() in NA_TOKENS
                 or (decimal_comma and _NUMBERISH_COMMA.fullmatch(value)))
 
@@ -495,7 +497,7 @@ def _as_numbers(values, decimal_comma: bool):
     """`values` (text, nulls for missing) as an int64 or float64 array, or None when
     the column is not numeric."""
     head = pc.drop_null(values.slice(0, 1000)).to_pylist()[:200]
-    if not all(_numberish(v, decimal_comma) for v in head):
+    if not all(numberish(v, decimal_comma) for v in head):
         return None  # quick answer for text columns
     if _any(pc.match_substring_regex(values, _KEEP_AS_TEXT)):
         return None  # leading zeros (zip codes, codes) or hex/binary/octal literals

@@ -63,12 +63,31 @@ class DeleteEndpointRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("endpoint", "rows")
+    __slots__ = ("endpoint", "rows", "columns")
+    class ColumnsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ColumnValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ColumnValues, _Mapping]] = ...) -> None: ...
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     rows: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
-    def __init__(self, endpoint: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
+    columns: _containers.MessageMap[str, ColumnValues]
+    def __init__(self, endpoint: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., columns: _Optional[_Mapping[str, ColumnValues]] = ...) -> None: ...
+
+class ColumnValues(_message.Message):
+    __slots__ = ("numbers", "strings", "missing_indices")
+    NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_INDICES_FIELD_NUMBER: _ClassVar[int]
+    numbers: _containers.RepeatedScalarFieldContainer[float]
+    strings: _containers.RepeatedScalarFieldContainer[str]
+    missing_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, numbers: _Optional[_Iterable[float]] = ..., strings: _Optional[_Iterable[str]] = ..., missing_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("label", "value", "probabilities")
@@ -87,29 +106,54 @@ class Prediction(_message.Message):
     probabilities: _containers.ScalarMap[str, float]
     def __init__(self, label: _Optional[str] = ..., value: _Optional[float] = ..., probabilities: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class PredictionColumns(_message.Message):
+    __slots__ = ("labels", "values", "classes", "probabilities")
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, labels: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., classes: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class PredictResponse(_message.Message):
-    __slots__ = ("predictions", "model")
+    __slots__ = ("predictions", "model", "prediction_columns")
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     model: str
-    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+    prediction_columns: PredictionColumns
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., model: _Optional[str] = ..., prediction_columns: _Optional[_Union[PredictionColumns, _Mapping]] = ...) -> None: ...
 
 class StreamPredictRequest(_message.Message):
-    __slots__ = ("endpoint", "rows")
+    __slots__ = ("endpoint", "rows", "columns")
+    class ColumnsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ColumnValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ColumnValues, _Mapping]] = ...) -> None: ...
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     rows: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
-    def __init__(self, endpoint: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
+    columns: _containers.MessageMap[str, ColumnValues]
+    def __init__(self, endpoint: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., columns: _Optional[_Mapping[str, ColumnValues]] = ...) -> None: ...
 
 class StreamPredictResponse(_message.Message):
-    __slots__ = ("predictions", "model")
+    __slots__ = ("predictions", "model", "prediction_columns")
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     model: str
-    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+    prediction_columns: PredictionColumns
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., model: _Optional[str] = ..., prediction_columns: _Optional[_Union[PredictionColumns, _Mapping]] = ...) -> None: ...
 
 class BatchPredictRequest(_message.Message):
     __slots__ = ("endpoint", "dataset")

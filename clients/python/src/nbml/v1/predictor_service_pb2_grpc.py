@@ -103,14 +103,15 @@ class PredictorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Predict(self, request, context):
-        """Predicts the rows of one request.
+        """Predicts the rows of one request, sent as rows or column by column.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamPredict(self, request_iterator, context):
-        """Predicts a stream of row batches, one response per request, in order.
+        """Predicts a stream of row batches (rows or columns, as in Predict), one response per
+        request, in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
