@@ -72,6 +72,13 @@ def test_cli_flow_on_breast_cancer(nbml_up, breast_cancer_csv, tmp_path):
     assert len(frame) == 569 and frame["prediction"].notna().all()
     assert (frame["prediction"] == frame["target"]).mean() > 0.95
 
+    other = next(m["id"] for m in board["models"] if m["id"] != board["best_model"])
+    redeployed = nbml(env, "endpoints", "update", endpoint["id"], "--model", other,
+                      "--name", "second choice")
+    assert (redeployed["id"], redeployed["model"], redeployed["name"]) == (
+        endpoint["id"], other, "second choice")
+    assert redeployed["update_time"] >= redeployed["create_time"]
+
 
 def test_ctrl_c_stops_everything(nbml_up):
     env, info, process = nbml_up

@@ -86,6 +86,8 @@ def test_another_users_resources_do_not_exist(platform, trained, bob):
         (bob.deploy, trained["model"], "MODEL_NOT_FOUND"),
         (bob.get_endpoint, trained["endpoint"], "ENDPOINT_NOT_FOUND"),
         (bob.delete_endpoint, trained["endpoint"], "ENDPOINT_NOT_FOUND"),
+        (lambda endpoint: bob.update_endpoint(endpoint, display_name="mine"),
+         trained["endpoint"], "ENDPOINT_NOT_FOUND"),
     ]
     for call, resource_id, reason in checks:
         error = error_of(call, resource_id)

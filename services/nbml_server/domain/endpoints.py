@@ -18,13 +18,27 @@ class Endpoints:
         self._recent = RecentReads()
 
     def create(self, user_id: str, model: dict, display_name: str) -> dict:
-        if len(display_name) > 200:
-            raise InvalidArgument.of("endpoint.display_name", "at most 200 characters",
-                                     reason="DISPLAY_NAME_TOO_LONG")
+        _check_display_name(display_name)
+        now = time.time()
         record = {"endpoint_id": new_id("ep"), "user_id": user_id, "model_id": model["model_id"],
                   "display_name": display_name, "feature_columns": model["feature_columns"],
-                  "create_time": time.time()}
+                  "create_time": now, "update_time": now}
         self.store.put("endpoints_by_user", user_id, record["endpoint_id"], record)
+        return record
+
+    def update(self, user_id: str, endpoint_id: str, *, model: dict | None = None,
+               display_name: str | None = None) -> dict:
+        """Points the endpoint at `model` and/or renames it (None: unchanged)."""
+        record = dict(self._load(user_id, endpoint_id))
+        if display_name is not None:
+            _check_display_name(display_name)
+            record["display_name"] = display_name
+        if model is not None:
+            record["model_id"] = model["model_id"]
+            record["feature_columns"] = model["feature_columns"]
+        record["update_time"] = time.time()
+        self.store.put("endpoints_by_user", user_id, endpoint_id, record)
+        self._recent.forget((user_id, endpoint_id))
         return record
 
     def get(self, user_id: str, endpoint_id: str) -> dict:
@@ -44,3 +58,9 @@ class Endpoints:
         self._load(user_id, endpoint_id)
         self.store.delete("endpoints_by_user", user_id, endpoint_id)
         self._recent.forget((user_id, endpoint_id))
+
+
+def _check_display_name(display_name: str) -> None:
+    if len(display_name) > 200:
+        raise InvalidArgument.of("endpoint.display_name", "at most 200 characters",
+                                 reason="DISPLAY_NAME_TOO_LONG")

@@ -227,6 +227,16 @@ class Predictor:
         return self._recent_models.get((user_id, model_id),
                                        lambda: self.models.get(user_id, model_id))
 
+    def redeploy(self, user_id: str, endpoint_id: str, model: dict | None,
+                 display_name: str | None) -> dict:
+        """Updates the endpoint; a new model is loaded first, so no request waits for it
+        (or fails on it) after the switch."""
+        self.endpoints.get(user_id, endpoint_id)  # not found: nothing to load
+        if model is not None:
+            self.cache.pipeline(model)
+        return self.endpoints.update(user_id, endpoint_id, model=model,
+                                     display_name=display_name)
+
     def batch_predict(self, user_id: str, endpoint_id: str, dataset_id: str) -> dict:
         model = self._model(user_id, endpoint_id)
         dataset = self.datasets.get(user_id, dataset_id)

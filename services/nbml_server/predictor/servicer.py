@@ -14,10 +14,15 @@ from nbml_server.platform.convert import timestamp
 from nbml_server.platform.interceptors import current_caller
 
 
+# Fields UpdateEndpoint changes, by their update_mask paths.
+UPDATABLE_ENDPOINT_FIELDS = ("model", "display_name")
+
+
 def endpoint_message(record: dict) -> pb.Endpoint:
     return pb.Endpoint(name=f"endpoints/{record['endpoint_id']}",
                        model=f"models/{record['model_id']}", display_name=record["display_name"],
                        create_time=timestamp(record["create_time"]),
+                       update_time=timestamp(record.get("update_time", record["create_time"])),
                        feature_columns=record["feature_columns"])
 
 
@@ -99,6 +104,27 @@ class PredictorServicer(predictor_service_pb2_grpc.PredictorServiceServicer):
                                    request.page_token)
         return pb.ListEndpointsResponse(endpoints=[endpoint_message(e) for e in page.rows],
                                         next_page_token=page.next_page_token)
+
+    def UpdateEndpoint(self, request, context):
+        caller = current_caller()
+        endpoint_id = parse_name(request.endpoint.name, "endpoints", "endpoint.name")
+        paths = set(request.update_mask.paths) or {
+            field for field in UPDATABLE_ENDPOINT_FIELDS if getattr(request.endpoint, field)}
+        unknown = sorted(paths - set(UPDATABLE_ENDPOINT_FIELDS))
+        if unknown:
+            raise InvalidArgument.of(
+                "update_mask", f"cannot update {', '.join(unknown)}; updatable: "
+                f"{', '.join(UPDATABLE_ENDPOINT_FIELDS)}", reason="FIELD_NOT_UPDATABLE")
+        if not paths:
+            raise InvalidArgument.of("update_mask", "nothing to update: set endpoint.model "
+                                     "or endpoint.display_name", reason="NOTHING_TO_UPDATE")
+        model = None
+        if "model" in paths:
+            model = self.models.get(caller.user_id,
+                                    parse_name(request.endpoint.model, "models", "endpoint.model"))
+        display_name = request.endpoint.display_name if "display_name" in paths else None
+        return endpoint_message(self.predictor.redeploy(caller.user_id, endpoint_id, model,
+                                                        display_name))
 
     def DeleteEndpoint(self, request, context):
         self.endpoints.delete(current_caller().user_id,

@@ -864,6 +864,24 @@ class Client:
         return self._pages(self._predictor.ListEndpoints,
                            predictor_service_pb2.ListEndpointsRequest(), "endpoints")
 
+    def update_endpoint(self, endpoint_id: str, *, model_id: str | None = None,
+                        display_name: str | None = None) -> predictor_service_pb2.Endpoint:
+        """Redeploys: points the endpoint at another model and/or renames it. The new
+        model is loaded before the switch; no request fails on it."""
+        name = resource_name("endpoints", endpoint_id)
+        endpoint = predictor_service_pb2.Endpoint(name=name)
+        paths = []
+        if model_id is not None:
+            endpoint.model = resource_name("models", model_id)
+            paths.append("model")
+        if display_name is not None:
+            endpoint.display_name = display_name
+            paths.append("display_name")
+        request = predictor_service_pb2.UpdateEndpointRequest(endpoint=endpoint)
+        request.update_mask.paths.extend(paths)
+        self._endpoint_cache.pop(name, None)
+        return self._unary(self._predictor.UpdateEndpoint, request)
+
     def delete_endpoint(self, endpoint_id: str) -> None:
         name = resource_name("endpoints", endpoint_id)
         self._unary(self._predictor.DeleteEndpoint,

@@ -368,6 +368,14 @@ def endpoints_get(args: Namespace, out: Output) -> int:
     return 0
 
 
+def endpoints_update(args: Namespace, out: Output) -> int:
+    with make_client(args) as client:
+        doc = render.endpoint_doc(client.update_endpoint(
+            args.endpoint_id, model_id=args.model, display_name=args.name))
+    out.emit(doc, f"Endpoint {doc['id']} serves model {doc['model']}")
+    return 0
+
+
 def endpoints_delete(args: Namespace, out: Output) -> int:
     with make_client(args) as client:
         client.delete_endpoint(args.endpoint_id)

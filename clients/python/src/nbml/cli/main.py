@@ -197,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     verb(eps, "list", "endpoints_list", "list endpoints")
     p = verb(eps, "get", "endpoints_get", "show an endpoint")
     p.add_argument("endpoint_id", metavar="ID")
+    p = verb(eps, "update", "endpoints_update",
+             "redeploy an endpoint: serve another model (no request fails) and/or rename it")
+    p.add_argument("endpoint_id", metavar="ID")
+    p.add_argument("--model", default=None, metavar="MODEL_ID", help="the model to serve")
+    p.add_argument("--name", default=None, help="new display name")
     p = verb(eps, "delete", "endpoints_delete", "delete an endpoint")
     p.add_argument("endpoint_id", metavar="ID")
 

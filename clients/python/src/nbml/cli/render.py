@@ -230,6 +230,7 @@ def endpoint_doc(ep: Any) -> dict[str, Any]:
         "name": ep.display_name or None,
         "feature_columns": list(ep.feature_columns),
         "create_time": ts(ep, "create_time"),
+        "update_time": ts(ep, "update_time"),
     }
 
 

@@ -25,12 +25,13 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from nbml.v1 import dataset_service_pb2 as nbml_dot_v1_dot_dataset__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnbml/v1/predictor_service.proto\x12\x07nbml.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dnbml/v1/dataset_service.proto\"\x9f\x01\n\x08\x45ndpoint\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x66\x65\x61ture_columns\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\"B\n\x15\x43reateEndpointRequest\x12)\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x11.nbml.v1.EndpointB\x04\xe2\x41\x01\x02\"(\n\x12GetEndpointRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x14ListEndpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x15ListEndpointsResponse\x12$\n\tendpoints\x18\x01 \x03(\x0b\x32\x11.nbml.v1.Endpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x15\x44\x65leteEndpointRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xcd\x01\n\x0ePredictRequest\x12\x16\n\x08\x65ndpoint\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04rows\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x07\x63olumns\x18\x03 \x03(\x0b\x32$.nbml.v1.PredictRequest.ColumnsEntry\x1a\x45\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.nbml.v1.ColumnValues:\x02\x38\x01\"I\n\x0c\x43olumnValues\x12\x0f\n\x07numbers\x18\x01 \x03(\x01\x12\x0f\n\x07strings\x18\x02 \x03(\t\x12\x17\n\x0fmissing_indices\x18\x03 \x03(\x05\"\x9f\x01\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12=\n\rprobabilities\x18\x03 \x03(\x0b\x32&.nbml.v1.Prediction.ProbabilitiesEntry\x1a\x34\n\x12ProbabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"[\n\x11PredictionColumns\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x15\n\rprobabilities\x18\x04 \x03(\x01\"\x82\x01\n\x0fPredictResponse\x12(\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x13.nbml.v1.Prediction\x12\r\n\x05model\x18\x02 \x01(\t\x12\x36\n\x12prediction_columns\x18\x03 \x01(\x0b\x32\x1a.nbml.v1.PredictionColumns\"\xd3\x01\n\x14StreamPredictRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12%\n\x04rows\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12;\n\x07\x63olumns\x18\x03 \x03(\x0b\x32*.nbml.v1.StreamPredictRequest.ColumnsEntry\x1a\x45\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.nbml.v1.ColumnValues:\x02\x38\x01\"\x88\x01\n\x15StreamPredictResponse\x12(\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x13.nbml.v1.Prediction\x12\r\n\x05model\x18\x02 \x01(\t\x12\x36\n\x12prediction_columns\x18\x03 \x01(\x0b\x32\x1a.nbml.v1.PredictionColumns\"D\n\x13\x42\x61tchPredictRequest\x12\x16\n\x08\x65ndpoint\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x64\x61taset\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"S\n\x14\x42\x61tchPredictResponse\x12(\n\x0eoutput_dataset\x18\x01 \x01(\x0b\x32\x10.nbml.v1.Dataset\x12\x11\n\trow_count\x18\x02 \x01(\x03\x32\xa0\x06\n\x10PredictorService\x12\x64\n\x0e\x43reateEndpoint\x12\x1e.nbml.v1.CreateEndpointRequest\x1a\x11.nbml.v1.Endpoint\"\x1f\x82\xd3\xe4\x93\x02\x19\"\r/v1/endpoints:\x08\x65ndpoint\x12]\n\x0bGetEndpoint\x12\x1b.nbml.v1.GetEndpointRequest\x1a\x11.nbml.v1.Endpoint\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=endpoints/*}\x12\x65\n\rListEndpoints\x12\x1d.nbml.v1.ListEndpointsRequest\x1a\x1e.nbml.v1.ListEndpointsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/endpoints\x12h\n\x0e\x44\x65leteEndpoint\x12\x1e.nbml.v1.DeleteEndpointRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/{name=endpoints/*}\x12k\n\x07Predict\x12\x17.nbml.v1.PredictRequest\x1a\x18.nbml.v1.PredictResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/{endpoint=endpoints/*}:predict:\x01*\x12\x87\x01\n\rStreamPredict\x12\x1d.nbml.v1.StreamPredictRequest\x1a\x1e.nbml.v1.StreamPredictResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/{endpoint=endpoints/*}:streamPredict:\x01*(\x01\x30\x01\x12\x7f\n\x0c\x42\x61tchPredict\x12\x1c.nbml.v1.BatchPredictRequest\x1a\x1d.nbml.v1.BatchPredictResponse\"2\x82\xd3\xe4\x93\x02,\"\'/v1/{endpoint=endpoints/*}:batchPredict:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnbml/v1/predictor_service.proto\x12\x07nbml.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dnbml/v1/dataset_service.proto\"\xd6\x01\n\x08\x45ndpoint\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x66\x65\x61ture_columns\x18\x05 \x03(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"B\n\x15\x43reateEndpointRequest\x12)\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x11.nbml.v1.EndpointB\x04\xe2\x41\x01\x02\"(\n\x12GetEndpointRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x14ListEndpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x15ListEndpointsResponse\x12$\n\tendpoints\x18\x01 \x03(\x0b\x32\x11.nbml.v1.Endpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"s\n\x15UpdateEndpointRequest\x12)\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x11.nbml.v1.EndpointB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"+\n\x15\x44\x65leteEndpointRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xcd\x01\n\x0ePredictRequest\x12\x16\n\x08\x65ndpoint\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x04rows\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x07\x63olumns\x18\x03 \x03(\x0b\x32$.nbml.v1.PredictRequest.ColumnsEntry\x1a\x45\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.nbml.v1.ColumnValues:\x02\x38\x01\"I\n\x0c\x43olumnValues\x12\x0f\n\x07numbers\x18\x01 \x03(\x01\x12\x0f\n\x07strings\x18\x02 \x03(\t\x12\x17\n\x0fmissing_indices\x18\x03 \x03(\x05\"\x9f\x01\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12=\n\rprobabilities\x18\x03 \x03(\x0b\x32&.nbml.v1.Prediction.ProbabilitiesEntry\x1a\x34\n\x12ProbabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"[\n\x11PredictionColumns\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x15\n\rprobabilities\x18\x04 \x03(\x01\"\x82\x01\n\x0fPredictResponse\x12(\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x13.nbml.v1.Prediction\x12\r\n\x05model\x18\x02 \x01(\t\x12\x36\n\x12prediction_columns\x18\x03 \x01(\x0b\x32\x1a.nbml.v1.PredictionColumns\"\xd3\x01\n\x14StreamPredictRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12%\n\x04rows\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12;\n\x07\x63olumns\x18\x03 \x03(\x0b\x32*.nbml.v1.StreamPredictRequest.ColumnsEntry\x1a\x45\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.nbml.v1.ColumnValues:\x02\x38\x01\"\x88\x01\n\x15StreamPredictResponse\x12(\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x13.nbml.v1.Prediction\x12\r\n\x05model\x18\x02 \x01(\t\x12\x36\n\x12prediction_columns\x18\x03 \x01(\x0b\x32\x1a.nbml.v1.PredictionColumns\"D\n\x13\x42\x61tchPredictRequest\x12\x16\n\x08\x65ndpoint\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x64\x61taset\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"S\n\x14\x42\x61tchPredictResponse\x12(\n\x0eoutput_dataset\x18\x01 \x01(\x0b\x32\x10.nbml.v1.Dataset\x12\x11\n\trow_count\x18\x02 \x01(\x03\x32\x98\x07\n\x10PredictorService\x12\x64\n\x0e\x43reateEndpoint\x12\x1e.nbml.v1.CreateEndpointRequest\x1a\x11.nbml.v1.Endpoint\"\x1f\x82\xd3\xe4\x93\x02\x19\"\r/v1/endpoints:\x08\x65ndpoint\x12]\n\x0bGetEndpoint\x12\x1b.nbml.v1.GetEndpointRequest\x1a\x11.nbml.v1.Endpoint\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=endpoints/*}\x12\x65\n\rListEndpoints\x12\x1d.nbml.v1.ListEndpointsRequest\x1a\x1e.nbml.v1.ListEndpointsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/endpoints\x12v\n\x0eUpdateEndpoint\x12\x1e.nbml.v1.UpdateEndpointRequest\x1a\x11.nbml.v1.Endpoint\"1\x82\xd3\xe4\x93\x02+2\x1f/v1/{endpoint.name=endpoints/*}:\x08\x65ndpoint\x12h\n\x0e\x44\x65leteEndpoint\x12\x1e.nbml.v1.DeleteEndpointRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/{name=endpoints/*}\x12k\n\x07Predict\x12\x17.nbml.v1.PredictRequest\x1a\x18.nbml.v1.PredictResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/{endpoint=endpoints/*}:predict:\x01*\x12\x87\x01\n\rStreamPredict\x12\x1d.nbml.v1.StreamPredictRequest\x1a\x1e.nbml.v1.StreamPredictResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/{endpoint=endpoints/*}:streamPredict:\x01*(\x01\x30\x01\x12\x7f\n\x0c\x42\x61tchPredict\x12\x1c.nbml.v1.BatchPredictRequest\x1a\x1d.nbml.v1.BatchPredictResponse\"2\x82\xd3\xe4\x93\x02,\"\'/v1/{endpoint=endpoints/*}:batchPredict:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,10 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_ENDPOINT'].fields_by_name['feature_columns']._loaded_options = None
   _globals['_ENDPOINT'].fields_by_name['feature_columns']._serialized_options = b'\342A\001\003'
+  _globals['_ENDPOINT'].fields_by_name['update_time']._loaded_options = None
+  _globals['_ENDPOINT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_CREATEENDPOINTREQUEST'].fields_by_name['endpoint']._loaded_options = None
   _globals['_CREATEENDPOINTREQUEST'].fields_by_name['endpoint']._serialized_options = b'\342A\001\002'
   _globals['_GETENDPOINTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETENDPOINTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEENDPOINTREQUEST'].fields_by_name['endpoint']._loaded_options = None
+  _globals['_UPDATEENDPOINTREQUEST'].fields_by_name['endpoint']._serialized_options = b'\342A\001\002'
   _globals['_DELETEENDPOINTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_DELETEENDPOINTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_PREDICTREQUEST_COLUMNSENTRY']._loaded_options = None
@@ -69,6 +74,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTORSERVICE'].methods_by_name['GetEndpoint']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/{name=endpoints/*}'
   _globals['_PREDICTORSERVICE'].methods_by_name['ListEndpoints']._loaded_options = None
   _globals['_PREDICTORSERVICE'].methods_by_name['ListEndpoints']._serialized_options = b'\202\323\344\223\002\017\022\r/v1/endpoints'
+  _globals['_PREDICTORSERVICE'].methods_by_name['UpdateEndpoint']._loaded_options = None
+  _globals['_PREDICTORSERVICE'].methods_by_name['UpdateEndpoint']._serialized_options = b'\202\323\344\223\002+2\037/v1/{endpoint.name=endpoints/*}:\010endpoint'
   _globals['_PREDICTORSERVICE'].methods_by_name['DeleteEndpoint']._loaded_options = None
   _globals['_PREDICTORSERVICE'].methods_by_name['DeleteEndpoint']._serialized_options = b'\202\323\344\223\002\030*\026/v1/{name=endpoints/*}'
   _globals['_PREDICTORSERVICE'].methods_by_name['Predict']._loaded_options = None
@@ -77,42 +84,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTORSERVICE'].methods_by_name['StreamPredict']._serialized_options = b'\202\323\344\223\002-\"(/v1/{endpoint=endpoints/*}:streamPredict:\001*'
   _globals['_PREDICTORSERVICE'].methods_by_name['BatchPredict']._loaded_options = None
   _globals['_PREDICTORSERVICE'].methods_by_name['BatchPredict']._serialized_options = b'\202\323\344\223\002,\"\'/v1/{endpoint=endpoints/*}:batchPredict:\001*'
-  _globals['_ENDPOINT']._serialized_start=231
-  _globals['_ENDPOINT']._serialized_end=390
-  _globals['_CREATEENDPOINTREQUEST']._serialized_start=392
-  _globals['_CREATEENDPOINTREQUEST']._serialized_end=458
-  _globals['_GETENDPOINTREQUEST']._serialized_start=460
-  _globals['_GETENDPOINTREQUEST']._serialized_end=500
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=502
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=563
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=565
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=651
-  _globals['_DELETEENDPOINTREQUEST']._serialized_start=653
-  _globals['_DELETEENDPOINTREQUEST']._serialized_end=696
-  _globals['_PREDICTREQUEST']._serialized_start=699
-  _globals['_PREDICTREQUEST']._serialized_end=904
-  _globals['_PREDICTREQUEST_COLUMNSENTRY']._serialized_start=835
-  _globals['_PREDICTREQUEST_COLUMNSENTRY']._serialized_end=904
-  _globals['_COLUMNVALUES']._serialized_start=906
-  _globals['_COLUMNVALUES']._serialized_end=979
-  _globals['_PREDICTION']._serialized_start=982
-  _globals['_PREDICTION']._serialized_end=1141
-  _globals['_PREDICTION_PROBABILITIESENTRY']._serialized_start=1089
-  _globals['_PREDICTION_PROBABILITIESENTRY']._serialized_end=1141
-  _globals['_PREDICTIONCOLUMNS']._serialized_start=1143
-  _globals['_PREDICTIONCOLUMNS']._serialized_end=1234
-  _globals['_PREDICTRESPONSE']._serialized_start=1237
-  _globals['_PREDICTRESPONSE']._serialized_end=1367
-  _globals['_STREAMPREDICTREQUEST']._serialized_start=1370
-  _globals['_STREAMPREDICTREQUEST']._serialized_end=1581
-  _globals['_STREAMPREDICTREQUEST_COLUMNSENTRY']._serialized_start=835
-  _globals['_STREAMPREDICTREQUEST_COLUMNSENTRY']._serialized_end=904
-  _globals['_STREAMPREDICTRESPONSE']._serialized_start=1584
-  _globals['_STREAMPREDICTRESPONSE']._serialized_end=1720
-  _globals['_BATCHPREDICTREQUEST']._serialized_start=1722
-  _globals['_BATCHPREDICTREQUEST']._serialized_end=1790
-  _globals['_BATCHPREDICTRESPONSE']._serialized_start=1792
-  _globals['_BATCHPREDICTRESPONSE']._serialized_end=1875
-  _globals['_PREDICTORSERVICE']._serialized_start=1878
-  _globals['_PREDICTORSERVICE']._serialized_end=2678
+  _globals['_ENDPOINT']._serialized_start=265
+  _globals['_ENDPOINT']._serialized_end=479
+  _globals['_CREATEENDPOINTREQUEST']._serialized_start=481
+  _globals['_CREATEENDPOINTREQUEST']._serialized_end=547
+  _globals['_GETENDPOINTREQUEST']._serialized_start=549
+  _globals['_GETENDPOINTREQUEST']._serialized_end=589
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=591
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=652
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=654
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=740
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_start=742
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_end=857
+  _globals['_DELETEENDPOINTREQUEST']._serialized_start=859
+  _globals['_DELETEENDPOINTREQUEST']._serialized_end=902
+  _globals['_PREDICTREQUEST']._serialized_start=905
+  _globals['_PREDICTREQUEST']._serialized_end=1110
+  _globals['_PREDICTREQUEST_COLUMNSENTRY']._serialized_start=1041
+  _globals['_PREDICTREQUEST_COLUMNSENTRY']._serialized_end=1110
+  _globals['_COLUMNVALUES']._serialized_start=1112
+  _globals['_COLUMNVALUES']._serialized_end=1185
+  _globals['_PREDICTION']._serialized_start=1188
+  _globals['_PREDICTION']._serialized_end=1347
+  _globals['_PREDICTION_PROBABILITIESENTRY']._serialized_start=1295
+  _globals['_PREDICTION_PROBABILITIESENTRY']._serialized_end=1347
+  _globals['_PREDICTIONCOLUMNS']._serialized_start=1349
+  _globals['_PREDICTIONCOLUMNS']._serialized_end=1440
+  _globals['_PREDICTRESPONSE']._serialized_start=1443
+  _globals['_PREDICTRESPONSE']._serialized_end=1573
+  _globals['_STREAMPREDICTREQUEST']._serialized_start=1576
+  _globals['_STREAMPREDICTREQUEST']._serialized_end=1787
+  _globals['_STREAMPREDICTREQUEST_COLUMNSENTRY']._serialized_start=1041
+  _globals['_STREAMPREDICTREQUEST_COLUMNSENTRY']._serialized_end=1110
+  _globals['_STREAMPREDICTRESPONSE']._serialized_start=1790
+  _globals['_STREAMPREDICTRESPONSE']._serialized_end=1926
+  _globals['_BATCHPREDICTREQUEST']._serialized_start=1928
+  _globals['_BATCHPREDICTREQUEST']._serialized_end=1996
+  _globals['_BATCHPREDICTRESPONSE']._serialized_start=1998
+  _globals['_BATCHPREDICTRESPONSE']._serialized_end=2081
+  _globals['_PREDICTORSERVICE']._serialized_start=2084
+  _globals['_PREDICTORSERVICE']._serialized_end=3004
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,11 @@ class PredictorServiceStub:
                 request_serializer=nbml_dot_v1_dot_predictor__service__pb2.ListEndpointsRequest.SerializeToString,
                 response_deserializer=nbml_dot_v1_dot_predictor__service__pb2.ListEndpointsResponse.FromString,
                 _registered_method=True)
+        self.UpdateEndpoint = channel.unary_unary(
+                '/nbml.v1.PredictorService/UpdateEndpoint',
+                request_serializer=nbml_dot_v1_dot_predictor__service__pb2.UpdateEndpointRequest.SerializeToString,
+                response_deserializer=nbml_dot_v1_dot_predictor__service__pb2.Endpoint.FromString,
+                _registered_method=True)
         self.DeleteEndpoint = channel.unary_unary(
                 '/nbml.v1.PredictorService/DeleteEndpoint',
                 request_serializer=nbml_dot_v1_dot_predictor__service__pb2.DeleteEndpointRequest.SerializeToString,
@@ -92,6 +97,15 @@ class PredictorServiceServicer:
 
     def ListEndpoints(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateEndpoint(self, request, context):
+        """Redeploys an endpoint: `model` (a new model version) and/or `display_name`. The
+        new model is loaded before the endpoint switches to it; requests in flight finish
+        on the old one, so a redeploy fails no request.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -142,6 +156,11 @@ def add_PredictorServiceServicer_to_server(servicer, server):
                     servicer.ListEndpoints,
                     request_deserializer=nbml_dot_v1_dot_predictor__service__pb2.ListEndpointsRequest.FromString,
                     response_serializer=nbml_dot_v1_dot_predictor__service__pb2.ListEndpointsResponse.SerializeToString,
+            ),
+            'UpdateEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateEndpoint,
+                    request_deserializer=nbml_dot_v1_dot_predictor__service__pb2.UpdateEndpointRequest.FromString,
+                    response_serializer=nbml_dot_v1_dot_predictor__service__pb2.Endpoint.SerializeToString,
             ),
             'DeleteEndpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteEndpoint,
@@ -246,6 +265,33 @@ class PredictorService:
             '/nbml.v1.PredictorService/ListEndpoints',
             nbml_dot_v1_dot_predictor__service__pb2.ListEndpointsRequest.SerializeToString,
             nbml_dot_v1_dot_predictor__service__pb2.ListEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nbml.v1.PredictorService/UpdateEndpoint',
+            nbml_dot_v1_dot_predictor__service__pb2.UpdateEndpointRequest.SerializeToString,
+            nbml_dot_v1_dot_predictor__service__pb2.Endpoint.FromString,
             options,
             channel_credentials,
             insecure,
