@@ -1,5 +1,8 @@
 """AutoML: skops artifacts round trip, and refusal of types outside the allowlist."""
 
+import io
+import zipfile
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,3 +82,27 @@ def test_garbage_and_non_pipelines_are_refused():
 def test_allowlist_is_names_not_the_file_s_word():
     assert "nbml_server.domain.automl.transformers.SchemaCoercer" in ALLOWED_TYPES
     assert not any(name.startswith(("builtins.", "os.", "subprocess.")) for name in ALLOWED_TYPES)
+
+
+def test_forest_trees_are_stored_packed_and_come_back_as_they_were():
+    X = frame()
+    y = np.where(X["n"] > 0, "p", "q").astype(object)
+    ctx = LearnerContext(task="classification", n_rows=len(X), n_classes=2, min_class_count=20,
+                         n_jobs=1)
+    pipe = dict(default_pipelines(ctx, X, y, TYPES))["random_forest"]
+    trees = pipe.named_steps["model"].estimators_
+    data = save_model(pipe)
+
+    def files(artifact: bytes) -> int:
+        return len(zipfile.ZipFile(io.BytesIO(artifact)).namelist())
+    # One by one, skops stores several arrays per tree; packed, a few for them all.
+    assert files(data) < files(sio.dumps(pipe)) - 2 * len(trees)
+    assert pipe.named_steps["model"].estimators_ is trees  # the saved model is untouched
+
+    restored = load_model(data).named_steps["model"].estimators_
+    assert isinstance(restored, list) and len(restored) == len(trees)
+    for before, after in zip(trees, restored):
+        assert type(after) is type(before) and after.random_state == before.random_state
+        np.testing.assert_array_equal(after.tree_.threshold, before.tree_.threshold)
+        np.testing.assert_array_equal(after.tree_.children_left, before.tree_.children_left)
+        np.testing.assert_array_equal(after.tree_.value, before.tree_.value)

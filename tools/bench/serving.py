@@ -7,7 +7,7 @@ machine and the same load, in one run (issue 5).
    own API, one family per job: logistic regression, histogram gradient boosting and a
    300-tree random forest, each with the platform's preprocessing. Each is deployed; the
    first prediction after deploying it is timed (the model is not in memory yet). A
-   600-tree forest (~50 MB) is trained and deployed for that timing only.
+   900-tree forest (~50 MB) is trained and deployed for that timing only.
 2. Each model's artifact is downloaded (DownloadModel) and saved as an MLflow model
    (sklearn flavour, skops format, `predict_proba` as its pyfunc) that MLflow serves.
 3. Native load (wrk for HTTP, ghz for gRPC; see load_tools): single-row requests at
@@ -57,9 +57,9 @@ MODELS = {
     "hist_gradient_boosting": (["hist_gradient_boosting"], {}),
     "random_forest_300": (["random_forest"], {"random_forest.n_estimators": 300}),
 }
-# Deployed only to time their first prediction: the issue's 50 MB model (~85 KB a tree).
+# Deployed only to time their first prediction: the issue's 50 MB model (~57 KB a tree).
 FIRST_PREDICTION_ONLY = {
-    "random_forest_600": (["random_forest"], {"random_forest.n_estimators": 600}),
+    "random_forest_900": (["random_forest"], {"random_forest.n_estimators": 900}),
 }
 SINGLE_ROW_CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 1000

@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit, softmax
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier,
                               RandomForestRegressor)
-from scipy.special import expit, softmax
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
