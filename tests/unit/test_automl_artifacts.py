@@ -13,6 +13,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from nbml_server.domain.automl import (ALLOWED_TYPES, LearnerContext, load_model,
                                        rows_to_frame, save_model)
+from nbml_server.domain.automl.packed_trees import PackedTrees
 from nbml_server.errors import FailedPrecondition
 from tests.unit.pipeline_helpers import default_pipelines
 
@@ -106,3 +107,20 @@ def test_forest_trees_are_stored_packed_and_come_back_as_they_were():
         np.testing.assert_array_equal(after.tree_.threshold, before.tree_.threshold)
         np.testing.assert_array_equal(after.tree_.children_left, before.tree_.children_left)
         np.testing.assert_array_equal(after.tree_.value, before.tree_.value)
+
+
+def test_packed_trees_pointing_outside_their_tree_are_refused():
+    X = frame()
+    y = np.where(X["n"] > 0, "p", "q").astype(object)
+    ctx = LearnerContext(task="classification", n_rows=len(X), n_classes=2, min_class_count=20,
+                         n_jobs=1)
+    forest = dict(default_pipelines(ctx, X, y, TYPES))["random_forest"].named_steps["model"]
+    state = PackedTrees(forest.estimators_).__getstate__()
+    PackedTrees([]).__setstate__(state)  # as saved: accepted
+    inner = int(np.flatnonzero(state["nodes"]["left_child"] != -1)[1])  # not the root
+    for field, node, value in (("left_child", 0, 10**6), ("right_child", 0, -7),
+                               ("feature", 0, 999), ("left_child", inner, 0)):  # a loop
+        crafted = {**state, "nodes": state["nodes"].copy()}
+        crafted["nodes"][field][node] = value
+        with pytest.raises(ValueError, match="packed trees"):
+            PackedTrees([]).__setstate__(crafted)

@@ -179,15 +179,17 @@ class MlflowServer:
         self.process = None
 
 
-def save_for_mlflow(pipeline, artifact: bytes, path: pathlib.Path) -> None:
-    """The fitted pipeline as an MLflow sklearn model (skops, the types our artifact
-    holds trusted), served by `predict_proba` like the platform's endpoint."""
+def save_for_mlflow(pipeline, path: pathlib.Path) -> None:
+    """The fitted pipeline as an MLflow sklearn model (skops, with the types skops
+    reports for it trusted), served by `predict_proba` like the platform's endpoint."""
     import mlflow.sklearn
     import skops.io as sio
 
+    # MLflow dumps the pipeline with plain skops (a forest's trees one by one, not
+    # packed as in the platform's artifact), so it is asked about that dump.
+    trusted = list(sio.get_untrusted_types(data=sio.dumps(pipeline)))
     mlflow.sklearn.save_model(pipeline, str(path), serialization_format="skops",
-                              skops_trusted_types=list(sio.get_untrusted_types(data=artifact)),
-                              pyfunc_predict_fn="predict_proba")
+                              skops_trusted_types=trusted, pyfunc_predict_fn="predict_proba")
 
 
 # ------------------------------------------------------------------ one model
@@ -212,7 +214,7 @@ def bench_model(name: str, *, address: str, token: str, model_id: str,
                    metadata={"authorization": f"Bearer {token}"}, server_pids=server_pids)
 
     model_dir = workdir / f"mlflow-{name}"
-    save_for_mlflow(pipeline, artifact, model_dir)
+    save_for_mlflow(pipeline, model_dir)
     mlflow = MlflowServer(model_dir, free_port(), workdir / f"mlflow-{name}.log")
     mlflow.start()
     try:

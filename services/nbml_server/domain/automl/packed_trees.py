@@ -16,6 +16,8 @@ import numpy as np
 from sklearn.tree._tree import Tree
 
 TREE_STATE_KEYS = frozenset({"max_depth", "node_count", "nodes", "values"})
+# scikit-learn's markers: a leaf has no children (-1) and no feature (-2).
+TREE_LEAF, TREE_UNDEFINED = -1, -2
 
 
 def packable(trees: Sequence) -> bool:
@@ -62,6 +64,7 @@ class PackedTrees(Sequence):
 
     def __setstate__(self, state: dict) -> None:
         template = state["template"]
+        _check_nodes(state)
         ends = np.cumsum(state["node_counts"])
         starts = ends - state["node_counts"]
         n_classes = np.asarray(state["n_classes"], dtype=np.intp)
@@ -76,3 +79,22 @@ class PackedTrees(Sequence):
             estimator.__dict__.update({**template.__dict__, "tree_": tree,
                                        "random_state": int(seed)})
             self._trees.append(estimator)
+
+
+def _check_nodes(state: dict) -> None:
+    """Every tree's nodes point at an existing feature and at children further on in
+    the same tree (as scikit-learn builds them: so a walk ends at a leaf)."""
+    counts, nodes = np.asarray(state["node_counts"]), state["nodes"]
+    if ((counts < 1).any() or len(nodes) != counts.sum() or len(state["values"]) != len(nodes)
+            or not len(counts) == len(state["random_states"]) == len(state["max_depths"])):
+        raise ValueError("packed trees: the node counts do not match the arrays")
+    own_count = np.repeat(counts, counts)
+    position = np.arange(len(nodes)) - np.repeat(np.cumsum(counts) - counts, counts)
+    for child in ("left_child", "right_child"):
+        index = nodes[child]
+        if not ((index == TREE_LEAF) | ((index > position) & (index < own_count))).all():
+            raise ValueError(f"packed trees: a {child} index points outside its tree")
+    feature = nodes["feature"]
+    if not ((feature == TREE_UNDEFINED) | ((feature >= 0)
+                                           & (feature < int(state["n_features"])))).all():
+        raise ValueError("packed trees: a node splits on a feature the trees do not have")
