@@ -3,7 +3,6 @@ through Envoy without a pause, not one of them fails, and once restarted on its 
 replica takes traffic again."""
 
 import json
-import threading
 import time
 
 import numpy as np
@@ -13,10 +12,10 @@ import pytest
 from deploy.envoy.process import free_port
 from nbml.client import Client
 from nbml_server.launcher import LocalPlatform
+from tests.e2e.background_calls import WAIT_SECONDS, CallsInBackground
 
 pytestmark = pytest.mark.e2e
 
-WAIT_SECONDS = 60
 CALLERS = 2  # concurrent callers, so calls are in flight when the replica dies
 
 
@@ -42,46 +41,6 @@ def deployed(replicated):
         assert final.best_model, final.error
         endpoint = client.deploy(final.best_model).name
         yield client, endpoint, frame.drop(columns="y").head(3)
-
-
-class Predictions:
-    """Predict calls through Envoy, back to back from a few threads, until stopped."""
-
-    def __init__(self, client: Client, endpoint: str, rows: pd.DataFrame):
-        self._call = lambda: client.predict(endpoint, rows)
-        self._rows = len(rows)
-        self._stopping = threading.Event()
-        self._progress = threading.Condition()
-        self.calls = 0
-        self.failures: list[Exception] = []
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(CALLERS)]
-
-    def __enter__(self) -> "Predictions":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(WAIT_SECONDS)
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                if len(self._call()) != self._rows:
-                    raise AssertionError("wrong number of predictions")
-            except Exception as failure:  # noqa: BLE001 - every failure is the finding
-                self.failures.append(failure)
-            with self._progress:
-                self.calls += 1
-                self._progress.notify_all()
-
-    def wait_for_more(self, count: int) -> None:
-        with self._progress:
-            target = self.calls + count
-            assert self._progress.wait_for(lambda: self.calls >= target, WAIT_SECONDS)
 
 
 def predictor_hosts(platform) -> dict[str, dict]:
@@ -137,7 +96,10 @@ def test_the_replicas_are_separate_processes_in_one_cluster(replicated):
 def test_a_replica_killed_mid_stream_loses_no_prediction_and_serves_again_after_restart(
         replicated, deployed):
     client, endpoint, rows = deployed
-    with Predictions(client, endpoint, rows) as predictions:
+    def predict() -> None:
+        if len(client.predict(endpoint, rows)) != len(rows):
+            raise AssertionError("wrong number of predictions")
+    with CallsInBackground(predict, callers=CALLERS) as predictions:
         # Both replicas answer (and have loaded the model) before one dies.
         wait_until(lambda: served(replicated, "predictor-1") > 0
                    and served(replicated, "predictor-2") > 0, "served by both replicas")

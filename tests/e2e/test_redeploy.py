@@ -1,68 +1,18 @@
 """Redeploying an endpoint (UpdateEndpoint) to another model under a stream of
 predictions: the new model serves from the switch on and not one request fails."""
 
-import threading
-import time
-
 import grpc
 import pytest
 from google.protobuf import struct_pb2
 
 from nbml.v1 import predictor_service_pb2 as pb, predictor_service_pb2_grpc
 
+from tests.e2e.background_calls import CallsInBackground
 from tests.e2e.test_failures import error_of, rest
 
 pytestmark = pytest.mark.e2e
 
 CALLERS = 2
-WAIT_SECONDS = 60
-
-
-class Predictions:
-    """Predict calls on one endpoint from a few threads, back to back, until stopped;
-    the model that answered each, in the order they ended."""
-
-    def __init__(self, address: str, secret: str, endpoint: str, rows: list[dict]):
-        self._channel = grpc.insecure_channel(address)
-        stub = predictor_service_pb2_grpc.PredictorServiceStub(self._channel)
-        request = pb.PredictRequest(endpoint=endpoint, rows=[_struct(r) for r in rows])
-        self._call = lambda: stub.Predict(request, timeout=30,
-                                          metadata=(("authorization", f"Bearer {secret}"),))
-        self._stopping = threading.Event()
-        self._progress = threading.Condition()
-        self.models: list[str] = []
-        self.failures: list[grpc.RpcError] = []
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(CALLERS)]
-
-    def __enter__(self) -> "Predictions":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(WAIT_SECONDS)
-        self._channel.close()
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                model = self._call().model
-            except grpc.RpcError as failure:
-                model = None
-                self.failures.append(failure)
-            with self._progress:
-                if model:
-                    self.models.append(model)
-                self._progress.notify_all()
-
-    def wait_for(self, condition, what: str) -> None:
-        with self._progress:
-            if not self._progress.wait_for(lambda: condition(self.models) or self.failures,
-                                           WAIT_SECONDS):
-                raise AssertionError(f"timed out waiting for {what}")
 
 
 def _struct(row: dict) -> struct_pb2.Struct:
@@ -80,18 +30,25 @@ def test_redeploy_switches_models_without_a_failed_request(
     secret = alice.create_api_key("redeploy test")
     rows = breast_cancer_features.head(2).to_dict(orient="records")
 
-    with Predictions(platform.address, secret, endpoint.name, rows) as calls:
-        calls.wait_for(lambda models: len(models) >= 20, "predictions from the old model")
-        updated = alice.update_endpoint(endpoint.name, model_id=new)
-        switched = len(calls.models)
-        calls.wait_for(lambda models: len(models) >= switched + 40,
-                       "predictions after the redeploy")
+    request = pb.PredictRequest(endpoint=endpoint.name, rows=[_struct(r) for r in rows])
+    with grpc.insecure_channel(platform.address) as channel:
+        stub = predictor_service_pb2_grpc.PredictorServiceStub(channel)
+
+        def predict() -> str:  # the model that answered
+            return stub.Predict(request, timeout=30,
+                                metadata=(("authorization", f"Bearer {secret}"),)).model
+        with CallsInBackground(predict, callers=CALLERS) as calls:
+            calls.wait_for(lambda c: len(c.results) >= 20, "predictions from the old model")
+            updated = alice.update_endpoint(endpoint.name, model_id=new)
+            switched = len(calls.results)
+            calls.wait_for(lambda c: len(c.results) >= switched + 40,
+                           "predictions after the redeploy")
 
     assert calls.failures == []
-    assert set(calls.models[:20]) == {f"models/{old}"}
+    assert set(calls.results[:20]) == {f"models/{old}"}
     # A request already running when the switch came may end on the old model; every
     # request after those is the new model's.
-    assert set(calls.models[switched + CALLERS:]) == {f"models/{new}"}
+    assert set(calls.results[switched + CALLERS:]) == {f"models/{new}"}
     assert updated.model == f"models/{new}" and updated.display_name == "redeployed"
     assert updated.update_time.ToNanoseconds() > updated.create_time.ToNanoseconds()
     assert alice.get_endpoint(endpoint.name).model == f"models/{new}"
