@@ -12,13 +12,13 @@ from nbml_server.domain.paging import Page, list_page
 from nbml_server.domain.recent import RecentReads
 from nbml_server.domain.tokens import (API_KEY_PREFIX, Caller, TokenIssuer, hash_secret,
                                        new_secret)
-from nbml_server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from nbml_server.domain.passwords import password_violations
+from nbml_server.errors import (AlreadyExists, FieldViolation, InvalidArgument, NotFound,
+                                Unauthenticated)
 from nbml_server.ids import new_id
 from nbml_server.ports.table_store import TableStore
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]{3,64}$")
-MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 1024
 WRONG_CREDENTIALS = "wrong user name or password"
 
 
@@ -54,18 +54,16 @@ class Accounts:
     # -- sign-up and log-in ------------------------------------------------------------
 
     def sign_up(self, username: str, password: str) -> tuple[dict, Tokens]:
+        """A new account; its password must pass `passwords.password_violations`."""
         violations = []
         if not USERNAME_PATTERN.fullmatch(username):
-            violations.append(InvalidArgument.of(
-                "username", "3 to 64 letters, digits, '.', '_' or '-'", reason="INVALID_USERNAME"))
-        if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
-            violations.append(InvalidArgument.of(
-                "password", f"must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters",
-                reason="INVALID_PASSWORD"))
+            violations.append((FieldViolation(
+                "username", "3 to 64 letters, digits, '.', '_' or '-'"), "INVALID_USERNAME"))
+        violations += password_violations(username, password)
         if violations:
-            raise InvalidArgument("; ".join(v.message for v in violations),
-                                  [x for v in violations for x in v.violations],
-                                  reason=violations[0].reason)
+            # The reason is the first problem's; each problem is a field violation.
+            raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v, _ in violations),
+                                  [v for v, _ in violations], reason=violations[0][1])
         user = {"user_id": new_id("usr"), "username": username,
                 "password_hash": self.hasher.hash(password), "create_time": time.time()}
         if not self.store.put_if_absent("users_by_name", username.lower(), "", user):
