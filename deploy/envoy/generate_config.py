@@ -7,7 +7,17 @@ rewrites a REST request's path to the gRPC one and clears the route cache before
 router runs.
 
 HTTP filters, in order: ``buffer`` (REST body limit, see below) -> ``grpc_json_transcoder``
--> ``router``.
+-> ``local_ratelimit`` (log-in and sign-up attempts, see below) -> ``router``.
+
+Log-in and sign-up attempts (:data:`RATE_LIMITED_METHODS`) are limited per client address
+to ``login_attempts_per_minute`` each (a token bucket of that many, refilled over a
+minute), by Envoy's ``local_ratelimit`` filter on their exact gRPC-path routes. The
+filter runs after the transcoder, so REST and native gRPC attempts share one bucket per
+address; each address gets its own bucket (a wildcard ``remote_address`` descriptor, up
+to :data:`MAX_LIMITED_CLIENTS` addresses at a time, least recently seen dropped first).
+``use_remote_address`` makes that the connection's peer, not a client-sent header. A
+limited attempt gets HTTP 429 over REST and ``RESOURCE_EXHAUSTED`` over gRPC. The
+buckets are per Envoy process.
 
 Request size limits (what was chosen and why):
 
@@ -67,6 +77,8 @@ __all__ = [
     "PASSTHROUGH_SERVICES",
     "IDEMPOTENT_METHODS",
     "REST_STREAMING_PATHS",
+    "DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE",
+    "RATE_LIMITED_METHODS",
     "generate_config",
     "write_config",
     "main",
@@ -76,6 +88,15 @@ MiB = 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 4 * MiB
 DEFAULT_MAX_RESPONSE_BYTES = 16 * MiB
 DEFAULT_CONNECTION_BUFFER_BYTES = 1 * MiB
+DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE = 10
+#: Client addresses with a log-in bucket at a time: each is a few hundred bytes.
+MAX_LIMITED_CLIENTS = 100_000
+
+#: gRPC paths limited per client address: guessing passwords, creating accounts in bulk.
+RATE_LIMITED_METHODS: tuple[str, ...] = (
+    "/nbml.v1.AuthService/LogIn",
+    "/nbml.v1.AuthService/SignUp",
+)
 
 #: gRPC services that are not transcoded but routed (native gRPC only) to the auth
 #: upstream. Every service process registers health and reflection for all five.
@@ -87,6 +108,9 @@ PASSTHROUGH_SERVICES: tuple[str, ...] = (
 
 _BUFFER_FILTER = "envoy.filters.http.buffer"
 _TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
+_RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+_RATE_LIMIT_TYPE = ("type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3."
+                    "LocalRateLimit")
 
 
 def _path_template_regex(template: str) -> str:
@@ -277,7 +301,47 @@ def _retry_policy(retry_on: str) -> dict[str, Any]:
     }
 
 
-def _routes(*, route_timeout_s: float, streaming_idle_timeout_s: float) -> list[dict[str, Any]]:
+_RATE_LIMITED_MESSAGE = ("too many log-in or sign-up attempts from this address; "
+                         "try again in a minute")
+_RATE_LIMITED = {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+    "default_value": 429, "runtime_key": "nbml.rate_limited_status"}}}}
+#: A limited attempt's reply: over REST (the transcoder set x-envoy-original-path) a JSON
+#: google.rpc.Status like every other error; over gRPC the message as grpc-message.
+_RATE_LIMITED_REPLIES = [
+    {"filter": {"and_filter": {"filters": [_RATE_LIMITED, {"header_filter": {"header": {
+        "name": "x-envoy-original-path", "present_match": True}}}]}},
+     "body_format_override": {"json_format": {
+         "code": 8, "message": _RATE_LIMITED_MESSAGE,  # 8: RESOURCE_EXHAUSTED
+         "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                      "reason": "TOO_MANY_ATTEMPTS", "domain": "nbml.dev"}]}}},
+    {"filter": _RATE_LIMITED, "body": {"inline_string": _RATE_LIMITED_MESSAGE}},
+]
+
+
+def _per_client_rate_limit(attempts_per_minute: int) -> dict[str, Any]:
+    """The local_ratelimit configuration of one route: a bucket per client address."""
+    bucket = {"max_tokens": attempts_per_minute, "tokens_per_fill": attempts_per_minute,
+              "fill_interval": "60s"}
+    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    return {
+        "@type": _RATE_LIMIT_TYPE,
+        "stat_prefix": "login_attempts",
+        # Envoy requires a route's own bucket; it is used only by a request that matches
+        # no descriptor, and every request has a remote address.
+        "token_bucket": bucket,
+        "always_consume_default_token_bucket": False,
+        # No value: a wildcard, one bucket for each address seen.
+        "descriptors": [{"entries": [{"key": "remote_address"}], "token_bucket": bucket}],
+        "max_dynamic_descriptors": MAX_LIMITED_CLIENTS,
+        "filter_enabled": always,
+        "filter_enforced": always,
+        # gRPC clients see RESOURCE_EXHAUSTED (retry later), not UNAVAILABLE (retry now).
+        "rate_limited_as_resource_exhausted": True,
+    }
+
+
+def _routes(*, route_timeout_s: float, streaming_idle_timeout_s: float,
+            login_attempts_per_minute: int) -> list[dict[str, Any]]:
     short_of = {full: short for short, full in SERVICE_NAMES.items()}
     unary = {
         "timeout": _duration(route_timeout_s),
@@ -290,6 +354,19 @@ def _routes(*, route_timeout_s: float, streaming_idle_timeout_s: float) -> list[
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
     }
     routes: list[dict[str, Any]] = []
+
+    # 0. Log-in and sign-up: limited per client address (matched after transcoding, so
+    #    REST and gRPC attempts count alike). Not retried: an attempt is not idempotent.
+    for path in RATE_LIMITED_METHODS:
+        routes.append({
+            "name": f"limited:{path}",
+            "match": {"path": path},
+            "route": {"cluster": short_of[path.split("/")[1]], **unary,
+                      "rate_limits": [{"actions": [{"remote_address": {}}]}]},
+            "typed_per_filter_config": {
+                **_NO_BUFFER,
+                _RATE_LIMIT_FILTER: _per_client_rate_limit(login_attempts_per_minute)},
+        })
 
     # 1. Long-running methods: exact gRPC path, no overall timeout, idle timeout only.
     #    Streams are never retried. BatchPredict, unary but minutes long, is retried only
@@ -382,6 +459,7 @@ def generate_config(
     health_check_interval_s: float = 2.0,
     max_downstream_connections: int = 10_000,
     reject_unknown_method: bool = True,
+    login_attempts_per_minute: int = DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
 ) -> dict[str, Any]:
     """The Envoy v3 bootstrap, as a plain dict (dump it as YAML or JSON).
 
@@ -392,7 +470,9 @@ def generate_config(
     :func:`_outlier_detection`) while idempotent calls are retried on another.
     ``descriptor_path`` is where the descriptor set (:func:`build_descriptor_set`) is,
     or will be, written; Envoy reads it at start-up. ``max_request_bytes`` caps
-    REST/JSON request bodies (413 above it); see the module docstring for the others.
+    REST/JSON request bodies (413 above it); ``login_attempts_per_minute`` the log-in
+    and sign-up attempts of one client address (429 / RESOURCE_EXHAUSTED above it); see
+    the module docstring for the others.
     """
     missing = set(SERVICE_NAMES) - set(upstreams)
     unknown = set(upstreams) - set(SERVICE_NAMES)
@@ -407,6 +487,9 @@ def generate_config(
             raise ValueError(f"upstream {short} lists a host twice: {list(hosts)}")
     if max_request_bytes <= 0 or max_response_bytes <= 0:
         raise ValueError("size limits must be positive")
+    if login_attempts_per_minute <= 0:
+        raise ValueError(
+            f"login_attempts_per_minute must be positive, got {login_attempts_per_minute}")
 
     transcoder: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
@@ -450,6 +533,7 @@ def generate_config(
             "initial_stream_window_size": 1 * MiB,
             "initial_connection_window_size": 4 * MiB,
         },
+        "local_reply_config": {"mappers": _RATE_LIMITED_REPLIES},
         "access_log": [{
             "name": "envoy.access_loggers.stdout",
             "typed_config": {
@@ -463,7 +547,8 @@ def generate_config(
                 "name": "nbml",
                 "domains": ["*"],
                 "routes": _routes(route_timeout_s=route_timeout_s,
-                                  streaming_idle_timeout_s=streaming_idle_timeout_s),
+                                  streaming_idle_timeout_s=streaming_idle_timeout_s,
+                                  login_attempts_per_minute=login_attempts_per_minute),
             }],
         },
         "http_filters": [
@@ -471,6 +556,9 @@ def generate_config(
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
                 "max_request_bytes": max_request_bytes}},
             {"name": _TRANSCODER_FILTER, "typed_config": transcoder},
+            # Only routes with a configuration of their own are limited.
+            {"name": _RATE_LIMIT_FILTER, "typed_config": {
+                "@type": _RATE_LIMIT_TYPE, "stat_prefix": "login_attempts"}},
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
@@ -550,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, metavar="envoy.yaml")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     parser.add_argument("--max-response-bytes", type=int, default=DEFAULT_MAX_RESPONSE_BYTES)
+    parser.add_argument("--login-attempts-per-minute", type=int,
+                        default=DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
+                        help="log-in and sign-up attempts per client address and minute")
     args = parser.parse_args(argv)
 
     upstreams: dict[str, list[tuple[str, int]]] = {}
@@ -560,7 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    admin_port=args.admin_port, descriptor_path=descriptor,
                    listen_address=args.listen_address,
                    max_request_bytes=args.max_request_bytes,
-                   max_response_bytes=args.max_response_bytes)
+                   max_response_bytes=args.max_response_bytes,
+                   login_attempts_per_minute=args.login_attempts_per_minute)
     try:
         generate_config(**options)
     except ValueError as exc:

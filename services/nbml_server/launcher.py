@@ -51,6 +51,9 @@ class LocalPlatform:
     http_port: int = 8080
     workers: int = 1
     predictor_replicas: int = 1
+    # Log-in and sign-up attempts per client address and minute, limited by Envoy;
+    # None: the setting NBML_LOGIN_ATTEMPTS_PER_MINUTE.
+    login_attempts_per_minute: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     children: list[_Child] = field(default_factory=list)
     envoy: EnvoyProcess | None = None
@@ -77,8 +80,12 @@ class LocalPlatform:
             for child in self.children:
                 if child.service:
                     upstreams.setdefault(child.service, []).append(_split(child.address))
+            attempts = (settings.login_attempts_per_minute
+                        if self.login_attempts_per_minute is None
+                        else self.login_attempts_per_minute)
             self.envoy = EnvoyProcess(self.home / "envoy", upstreams=upstreams,
-                                      listen_port=self.http_port, wait_healthy=True)
+                                      listen_port=self.http_port, wait_healthy=True,
+                                      login_attempts_per_minute=attempts)
             (self.home / "envoy").mkdir(exist_ok=True)
             self.envoy.start()
         except BaseException:

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     # How many loaded models a predictor keeps in memory.
     model_cache_size: int = Field(default=16, ge=1)
+    # Log-in and sign-up attempts one client address may make per minute, each (Envoy
+    # answers more with 429 / RESOURCE_EXHAUSTED); as `generate_config`'s default.
+    login_attempts_per_minute: int = Field(default=10, ge=1)
     # Predictor processes `nbml up` starts behind Envoy (each loads the models it serves).
     predictor_replicas: int = Field(default=1, ge=1, le=64)
     # Workers fan each job's trials out to every worker over the bus (false: a job's

@@ -11,10 +11,16 @@ from nbml.client import Client
 from nbml_server.launcher import LocalPlatform
 
 
+# The suite signs up and logs in hundreds of users, all from 127.0.0.1, in minutes;
+# tests/e2e/test_auth_security.py checks the limit with an Envoy of its own.
+SUITE_LOGIN_ATTEMPTS_PER_MINUTE = 100_000
+
+
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory):
     home = tmp_path_factory.mktemp("nbml-home")
-    with LocalPlatform(home, http_port=free_port()) as running:
+    with LocalPlatform(home, http_port=free_port(),
+                       login_attempts_per_minute=SUITE_LOGIN_ATTEMPTS_PER_MINUTE) as running:
         yield running
         assert not running.failed_children(), "a platform process died during the tests"
 

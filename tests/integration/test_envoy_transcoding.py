@@ -26,7 +26,8 @@ from grpc_status import rpc_status
 
 from deploy.envoy.descriptor_set import SERVICE_NAMES, SERVICES, build_descriptor_set
 from deploy.envoy.generate_config import (IDEMPOTENT_METHODS, LONG_RUNNING_METHODS,
-                                          generate_config, main, write_config)
+                                          RATE_LIMITED_METHODS, generate_config, main,
+                                          write_config)
 from deploy.envoy.process import EnvoyError, EnvoyProcess, validate_config
 from nbml.v1 import (auth_service_pb2, auth_service_pb2_grpc, dataset_service_pb2,
                      dataset_service_pb2_grpc)
@@ -121,8 +122,9 @@ def _upstreams(port: int) -> dict[str, list[tuple[str, int]]]:
 
 @pytest.fixture(scope="module")
 def envoy(upstream, tmp_path_factory) -> Iterator[EnvoyProcess]:
+    # These tests sign up often from one address; test_auth_security.py tests the limit.
     proc = EnvoyProcess(tmp_path_factory.mktemp("envoy"), upstreams=_upstreams(upstream),
-                        concurrency=1, wait_healthy=True)
+                        concurrency=1, wait_healthy=True, login_attempts_per_minute=1000)
     try:
         proc.start()
         yield proc
@@ -181,13 +183,19 @@ def test_cli_writes_descriptor_and_valid_config(tmp_path):
     out = tmp_path / "envoy.yaml"
     pb = tmp_path / "nbml.pb"
     assert main([*args, "--listen-port", "8080", "--admin-port", "9901",
-                 "--descriptor", str(pb), "--output", str(out)]) == 0
+                 "--descriptor", str(pb), "--output", str(out),
+                 "--login-attempts-per-minute", "5"]) == 0
     assert pb.read_bytes() == build_descriptor_set()
     config = yaml.safe_load(out.read_text())
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     assert clusters["trainer"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
         "endpoint"]["address"]["socket_address"]["port_value"] == 50053
     assert _endpoint_ports(clusters["predictor"]) == [50061, 50055]
+    routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    log_in = next(r for r in routes if r["name"] == "limited:/nbml.v1.AuthService/LogIn")
+    assert log_in["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"][
+        "token_bucket"]["max_tokens"] == 5
     validate_config(out)
 
 
@@ -276,11 +284,37 @@ def test_long_running_methods_have_no_route_timeout():
     assert by_path["/nbml.v1.AuthService/GetCurrentUser"]["route"]["timeout"] == "120s"
     assert [f["name"] for f in hcm["http_filters"]] == [
         "envoy.filters.http.buffer", "envoy.filters.http.grpc_json_transcoder",
-        "envoy.filters.http.router"]
+        "envoy.filters.http.local_ratelimit", "envoy.filters.http.router"]
     transcoder = hcm["http_filters"][1]["typed_config"]
     assert transcoder["request_validation_options"] == {"reject_unknown_method": True}
     assert transcoder["services"] == list(SERVICES)
     assert hcm["http_filters"][0]["typed_config"]["max_request_bytes"] == 4 * MiB
+
+
+def test_only_log_in_and_sign_up_are_limited_per_client_address():
+    config = generate_config(upstreams=_upstreams(1), listen_port=1, admin_port=2,
+                             descriptor_path="/x.pb", login_attempts_per_minute=7)
+    routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    limited = {r["match"]["path"]: r for r in routes
+               if "envoy.filters.http.local_ratelimit" in r.get("typed_per_filter_config", {})}
+    assert set(limited) == set(RATE_LIMITED_METHODS) == {
+        "/nbml.v1.AuthService/LogIn", "/nbml.v1.AuthService/SignUp"}
+    for route in limited.values():
+        assert route["route"]["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+        limit = route["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+        [descriptor] = limit["descriptors"]
+        assert descriptor["entries"] == [{"key": "remote_address"}]  # one bucket per address
+        assert descriptor["token_bucket"] == {"max_tokens": 7, "tokens_per_fill": 7,
+                                              "fill_interval": "60s"}
+        assert limit["always_consume_default_token_bucket"] is False
+    # They come before the service's prefix route, which would otherwise take them.
+    names = [r["name"] for r in routes]
+    assert names.index("limited:/nbml.v1.AuthService/LogIn") < names.index(
+        "svc:nbml.v1.AuthService")
+    with pytest.raises(ValueError, match="login_attempts_per_minute"):
+        generate_config(upstreams=_upstreams(1), listen_port=1, admin_port=2,
+                        descriptor_path="/x.pb", login_attempts_per_minute=0)
 
 
 # --------------------------------------------------------------------------- REST
