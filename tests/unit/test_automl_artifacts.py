@@ -1,15 +1,22 @@
 """AutoML: skops artifacts round trip, and refusal of types outside the allowlist."""
 
+import builtins
 import io
+import json
+import operator
+import os
+import pathlib
+import pickle
 import zipfile
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from nbml_server.domain.automl import (ALLOWED_TYPES, LearnerContext, load_model,
                                        rows_to_frame, save_model)
@@ -69,6 +76,58 @@ def test_disallowed_function_is_refused():
     with pytest.raises(FailedPrecondition) as e:
         load_model(data)
     assert e.value.reason == "UNTRUSTED_ARTIFACT" and "builtins.print" in e.value.message
+
+
+@pytest.mark.parametrize("func, name", [(os.system, "posix.system"),
+                                        (builtins.eval, "builtins.eval"),
+                                        (operator.attrgetter("__class__"), "operator.attrgetter")])
+def test_skops_files_holding_dangerous_callables_are_refused(func, name):
+    data = sio.dumps(Pipeline([("f", FunctionTransformer(func=func))]))
+    with pytest.raises(FailedPrecondition) as e:
+        load_model(data)
+    assert e.value.reason == "UNTRUSTED_ARTIFACT"
+    assert e.value.message == f"the model artifact contains a type that is not allowed: {name}"
+
+
+def test_a_hand_edited_skops_file_naming_os_system_is_refused():
+    """A file written by hand, not by skops: its schema calls a step os.system."""
+    schema = json.loads(zipfile.ZipFile(io.BytesIO(
+        sio.dumps(Pipeline([("s", StandardScaler())])))).read("schema.json"))
+    step = schema["content"]["content"]["steps"]["content"][0]["content"][1]
+    assert step["__class__"] == "StandardScaler"
+    step.update({"__module__": "os", "__class__": "system"})
+    crafted = io.BytesIO()
+    with zipfile.ZipFile(crafted, "w") as archive:
+        archive.writestr("schema.json", json.dumps(schema))
+    with pytest.raises(FailedPrecondition) as e:
+        load_model(crafted.getvalue())
+    assert e.value.reason == "UNTRUSTED_ARTIFACT" and "os.system" in e.value.message
+
+
+class _RunsOnUnpickling:
+    """Unpickling it creates a file: what a malicious pickle would do, harmlessly."""
+
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def test_pickle_and_joblib_files_are_never_unpickled(tmp_path):
+    marker = tmp_path / "unpickled"
+    assert not marker.exists()
+    joblib_file = io.BytesIO()
+    joblib.dump(Pipeline([("s", StandardScaler()), ("run", _RunsOnUnpickling(marker))]),
+                joblib_file)
+    for data in (pickle.dumps(_RunsOnUnpickling(marker)), joblib_file.getvalue()):
+        with pytest.raises(FailedPrecondition) as e:
+            load_model(data)
+        assert e.value.reason == "INVALID_ARTIFACT"
+        assert "not a skops file" in e.value.message and "never pickle" in e.value.message
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_RunsOnUnpickling(marker)))  # what loading them would do
+    assert marker.exists()
 
 
 def test_garbage_and_non_pipelines_are_refused():

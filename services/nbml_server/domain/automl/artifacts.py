@@ -12,6 +12,8 @@ member Pipelines); anything else is refused with FailedPrecondition(UNTRUSTED_AR
 from __future__ import annotations
 
 import copy
+import io
+import zipfile
 from collections.abc import Callable
 
 import skops.io as sio
@@ -107,6 +109,10 @@ def _unpacked(forest: BaseForest) -> BaseForest:
 
 def untrusted_types(data: bytes) -> list[str]:
     """Types in the artifact that skops does not trust by default."""
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # a skops file is a zip archive
+        raise FailedPrecondition(
+            "the model artifact is not a skops file: only skops artifacts are loaded, "
+            "never pickle or joblib files", reason="INVALID_ARTIFACT")
     try:
         return list(sio.get_untrusted_types(data=data))
     except Exception as exc:  # noqa: BLE001 - not a skops file at all
