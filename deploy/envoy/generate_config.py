@@ -89,7 +89,8 @@ DEFAULT_MAX_REQUEST_BYTES = 4 * MiB
 DEFAULT_MAX_RESPONSE_BYTES = 16 * MiB
 DEFAULT_CONNECTION_BUFFER_BYTES = 1 * MiB
 DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE = 10
-#: Client addresses with a log-in bucket at a time: each is a few hundred bytes.
+#: Client addresses with a bucket at a time; beyond it the least recently seen one's
+#: bucket is dropped (and its count forgotten).
 MAX_LIMITED_CLIENTS = 100_000
 
 #: gRPC paths limited per client address: guessing passwords, creating accounts in bulk.
@@ -303,6 +304,7 @@ def _retry_policy(retry_on: str) -> dict[str, Any]:
 
 _RATE_LIMITED_MESSAGE = ("too many log-in or sign-up attempts from this address; "
                          "try again in a minute")
+# Matched on the status: the rate-limited response flag (RL) did not match here.
 _RATE_LIMITED = {"status_code_filter": {"comparison": {"op": "EQ", "value": {
     "default_value": 429, "runtime_key": "nbml.rate_limited_status"}}}}
 #: A limited attempt's reply: over REST (the transcoder set x-envoy-original-path) a JSON
