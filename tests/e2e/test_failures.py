@@ -45,32 +45,6 @@ def services_stay_healthy(platform):
                     health_pb2.HealthCheckRequest(service=service), timeout=10).status == serving
 
 
-def test_another_users_resources_do_not_exist(platform, trained, bob):
-    checks = [
-        (bob.get_dataset, trained["dataset"], "DATASET_NOT_FOUND"),
-        (bob.preview, trained["dataset"], "DATASET_NOT_FOUND"),
-        (bob.delete_dataset, trained["dataset"], "DATASET_NOT_FOUND"),
-        (bob.get_job, trained["job"], "TRAINING_JOB_NOT_FOUND"),
-        (bob.leaderboard, trained["job"], "TRAINING_JOB_NOT_FOUND"),
-        (bob.cancel_job, trained["job"], "TRAINING_JOB_NOT_FOUND"),
-        (bob.get_model, trained["model"], "MODEL_NOT_FOUND"),
-        (bob.download_model_bytes, trained["model"], "MODEL_NOT_FOUND"),
-        (bob.deploy, trained["model"], "MODEL_NOT_FOUND"),
-        (bob.get_endpoint, trained["endpoint"], "ENDPOINT_NOT_FOUND"),
-        (bob.delete_endpoint, trained["endpoint"], "ENDPOINT_NOT_FOUND"),
-        (lambda endpoint: bob.update_endpoint(endpoint, display_name="mine"),
-         trained["endpoint"], "ENDPOINT_NOT_FOUND"),
-    ]
-    for call, resource_id, reason in checks:
-        error = error_of(call, resource_id)
-        assert (error.code, error.reason) == ("NOT_FOUND", reason), call.__name__
-    error = error_of(bob.train, trained["dataset"], "target")
-    assert error.code == "NOT_FOUND"
-    assert rest(platform, "GET", f"/v1/datasets/{trained['dataset']}",
-                bob.token).status_code == 404
-    assert all(d.name != f"datasets/{trained['dataset']}" for d in bob.datasets())
-
-
 def test_malformed_csv_is_rejected_and_leaves_nothing(platform, bob, tmp_path):
     before = len(bob.datasets())
     blobs = list((platform.home / "blobs").rglob("*"))
