@@ -9,9 +9,11 @@ GRPCURL_VERSION := v1.9.3
 GRPCURL := build/tools/bin/grpcurl
 GHZ_VERSION := v0.120.0
 GHZ := build/tools/bin/ghz
+GNOSTIC_VERSION := v0.7.1
+PROTOC_GEN_OPENAPI := build/tools/bin/protoc-gen-openapi
 PORT ?= 8080
 
-.PHONY: up up-cluster test venv gen protodeps lint-protos bench-automl bench-fanout \
+.PHONY: up up-cluster test venv gen openapi protodeps lint-protos bench-automl bench-fanout \
 	bench-serving bench-load clean
 
 up: venv
@@ -21,7 +23,7 @@ up: venv
 up-cluster: venv
 	$(UV) run nbml up --stack local-cluster --port $(PORT)
 
-test: venv lint-protos $(GRPCURL)
+test: venv lint-protos $(GRPCURL) $(PROTOC_GEN_OPENAPI)
 	PATH=$(CURDIR)/build/tools/bin:$$PATH $(UV) run pytest -q
 
 venv: $(UV)
@@ -31,13 +33,23 @@ venv: $(UV)
 	python3 -m venv .tools
 	.tools/bin/pip install -q uv==$(UV_VERSION)
 
-# Regenerates the Python gRPC code in clients/python/src/nbml/v1 from protos/.
-gen: venv
+# Regenerates from protos/ the Python gRPC code in clients/python/src/nbml/v1, then the
+# OpenAPI description (which reads that code).
+gen: venv protodeps $(BUF) $(PROTOC_GEN_OPENAPI)
 	$(UV) run python tools/gen_protos.py
+	$(UV) run python tools/gen_openapi.py
+
+# docs/api/openapi.yaml: the REST surface Envoy transcodes, described for OpenAPI tools.
+openapi: venv protodeps $(BUF) $(PROTOC_GEN_OPENAPI)
+	$(UV) run python tools/gen_openapi.py
 
 # grpcurl is what users reach for; the e2e tests drive it through Envoy's reflection.
 $(GRPCURL):
 	GOBIN=$(CURDIR)/build/tools/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+# gnostic's protoc plugin, run by buf (buf.gen.yaml) for `make openapi`.
+$(PROTOC_GEN_OPENAPI):
+	GOBIN=$(CURDIR)/build/tools/bin go install github.com/google/gnostic/cmd/protoc-gen-openapi@$(GNOSTIC_VERSION)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix build/tools @bufbuild/buf@$(BUF_VERSION)

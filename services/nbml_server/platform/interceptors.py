@@ -10,8 +10,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from nbml_server import errors
 from nbml_server.domain.accounts import Accounts, Activity
@@ -72,6 +74,40 @@ def _resource_of(request) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class _Unparsable:
+    """A request message protobuf could not parse. gRPC would answer INTERNAL, but the
+    sender is at fault: Envoy's transcoder, for one, turns a JSON object sent where a
+    string belongs (a map's value) into bytes no parser accepts."""
+
+    problem: str
+
+
+def _tolerant(deserializer: Callable) -> Callable:
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return _Unparsable(str(error))
+    return deserialize
+
+
+def _refuse_unparsable(message):
+    if isinstance(message, _Unparsable):
+        raise errors.InvalidArgument(
+            f"the request message could not be parsed ({message.problem}); through REST, "
+            "look for a JSON value of the wrong type, such as an object where a string "
+            "belongs", reason="MALFORMED_REQUEST")
+    return message
+
+
+def _parsed(request):
+    """The request, or for a client stream its messages, refusing unparsable ones."""
+    if isinstance(request, Iterator):
+        return (_refuse_unparsable(message) for message in request)
+    return _refuse_unparsable(request)
+
+
 class _Call:
     """What one RPC needs to be recorded once it ends."""
 
@@ -99,22 +135,23 @@ class PlatformInterceptor(grpc.ServerInterceptor):
         if method.startswith(PUBLIC_PREFIXES):
             return handler
         request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        deserializer = _tolerant(handler.request_deserializer)
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method, metadata, request_id, public),
-                handler.request_deserializer, handler.response_serializer)
+                deserializer, handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(handler.unary_stream, method, metadata, request_id, public),
-                handler.request_deserializer, handler.response_serializer)
+                deserializer, handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.stream_unary, method, metadata, request_id, public),
-                handler.request_deserializer, handler.response_serializer)
+                deserializer, handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(handler.stream_stream, method, metadata, request_id, public),
-            handler.request_deserializer, handler.response_serializer)
+            deserializer, handler.response_serializer)
 
     # -- wrappers ---------------------------------------------------------------------
 
@@ -149,6 +186,7 @@ class PlatformInterceptor(grpc.ServerInterceptor):
             call = _Call(method, request_id)
             with self._guarded(call, context):
                 self._begin(call, request, context, metadata, public)
+                request = _parsed(request)
                 return self._as_caller(call.caller, lambda: behaviour(request, context))
         return wrapper
 
@@ -157,6 +195,7 @@ class PlatformInterceptor(grpc.ServerInterceptor):
             call = _Call(method, request_id)
             with self._guarded(call, context):
                 self._begin(call, request, context, metadata, public)
+                request = _parsed(request)
                 responses = self._as_caller(call.caller, lambda: behaviour(request, context))
                 while True:
                     try:
