@@ -289,6 +289,16 @@ def test_a_header_in_brackets_is_csv():
     assert list(read_table(b"[id],[name]\n1,Ann\n").columns) == ["[id]", "[name]"]
 
 
+def test_a_column_name_too_long_is_refused_naming_the_column():
+    name = "why " * 300
+    for data, fmt in ((f"id,{name}\n1,2\n".encode(), "csv"),
+                      (parquet_bytes(pa.table({"id": [1], name: [2]})), "parquet")):
+        err = fails(data, fmt)
+        assert err.reason == "COLUMN_NAME_TOO_LONG"
+        assert "column 2 of the" in descriptions(err)
+        assert "name of 1,199 characters (it starts 'why why" in descriptions(err)
+
+
 def test_too_many_columns():
     header = ",".join(f"c{i}" for i in range(MAX_COLUMNS + 1)).encode()
     err = fails(header + b"\n" + b"1," * MAX_COLUMNS + b"1\n")

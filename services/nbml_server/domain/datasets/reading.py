@@ -7,7 +7,8 @@ and the column where it applies).
 
 The canonical frame that `read_table` returns:
 
-- column names are strings, stripped of surrounding whitespace, non-empty, unique;
+- column names are strings, stripped of surrounding whitespace, non-empty, unique,
+  at most MAX_COLUMN_NAME_CHARS long;
 - a default RangeIndex (row i of the frame is data row i of the file);
 - numeric columns are `int64` (all values integers, none missing) or `float64`;
 - other columns are pandas' `str` dtype (pandas 3's default string dtype), with
@@ -48,6 +49,9 @@ import pyarrow.parquet as pq
 from ...errors import FieldViolation, InvalidArgument
 
 MAX_COLUMNS = 10_000
+# A name is shown in every profile, suggestion and prediction request: a cell of prose or
+# a run-away quoted header is no name.
+MAX_COLUMN_NAME_CHARS = 1_000
 # At most this many violations are listed in one error; the message gives the total.
 MAX_VIOLATIONS = 20
 
@@ -94,8 +98,8 @@ def read_table(data: bytes, format: str | None = None) -> pd.DataFrame:  # noqa:
 
     `format` is "csv", "parquet" or None / "" (guess from the content). Raises
     InvalidArgument with reason EMPTY_FILE, UNSUPPORTED_FORMAT,
-    UNSUPPORTED_ENCODING, MISSING_HEADER, DUPLICATE_HEADER, NO_ROWS,
-    TOO_MANY_COLUMNS, CSV_PARSE_ERROR, PARQUET_PARSE_ERROR or
+    UNSUPPORTED_ENCODING, MISSING_HEADER, DUPLICATE_HEADER, COLUMN_NAME_TOO_LONG,
+    NO_ROWS, TOO_MANY_COLUMNS, CSV_PARSE_ERROR, PARQUET_PARSE_ERROR or
     UNSUPPORTED_COLUMN_TYPE.
     """
     if format:
@@ -467,7 +471,7 @@ def _pandas_csv(text: str, delimiter: str, names: list[str], data_rows: int) -> 
 
 def _check_header(cells: list[str], line: int) -> list[str]:
     """The column names (stripped), or MISSING_HEADER / DUPLICATE_HEADER /
-    TOO_MANY_COLUMNS."""
+    COLUMN_NAME_TOO_LONG / TOO_MANY_COLUMNS."""
     where = "the header" if line == 1 else f"the header (line {line})"
     if len(cells) > MAX_COLUMNS:
         raise _one("TOO_MANY_COLUMNS",
@@ -484,8 +488,18 @@ def _check_header(cells: list[str], line: int) -> list[str]:
                    f"the first line (line {line}) looks like data, not column names "
                    f"(all its cells are numbers: {shown}); add a header line with "
                    "column names")
+    _check_name_lengths(names, where)
     _check_unique(names, where)
     return names
+
+
+def _check_name_lengths(names: list[str], where: str) -> None:
+    long = [f"column {i} of {where} has a name of {len(n):,} characters (it starts "
+            f"{n[:30]!r}); at most {MAX_COLUMN_NAME_CHARS:,} are allowed"
+            for i, n in enumerate(names, 1) if len(n) > MAX_COLUMN_NAME_CHARS]
+    if long:
+        raise _bad("COLUMN_NAME_TOO_LONG", f"{len(long)} column name"
+                   f"{'s are' if len(long) != 1 else ' is'} too long", long)
 
 
 def _check_unique(names: list[str], where: str) -> None:
@@ -604,6 +618,7 @@ def _read_parquet(data: bytes) -> pd.DataFrame:
              for i, n in enumerate(names, 1) if not n]
     if empty:
         raise _bad("MISSING_HEADER", f"{len(empty)} column(s) have no name", empty)
+    _check_name_lengths(names, "the Parquet file")
     _check_unique(names, "the Parquet file")
     if table.num_rows == 0:
         raise _one("NO_ROWS", "the Parquet file has columns but no rows")
