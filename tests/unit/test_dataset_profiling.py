@@ -123,6 +123,12 @@ def test_top_values_are_capped_at_ten():
     assert len(profile(frame).columns[0].top_values) == 10
 
 
+def test_long_top_values_are_cut_for_display():
+    frame = pd.DataFrame({"note": text(["x" * 5000, "short", "short"])})
+    [long, short] = sorted(profile(frame).columns[0].top_values, key=lambda v: v.count)
+    assert (len(long.value), long.value[-1], short.value) == (200, "…", "short")
+
+
 def test_profile_is_json_safe_and_round_trips():
     frame = pd.DataFrame({
         "x": [1.0, np.inf, -np.inf, np.nan],

@@ -77,6 +77,11 @@ def test_utf8_bom_is_removed():
     assert frame["age"].tolist() == [3]
 
 
+def test_a_repeated_utf8_bom_is_removed():
+    assert list(read_table(b"\xef\xbb\xbf\xef\xbb\xbfname,age\nAnn,3\n").columns) == [
+        "name", "age"]
+
+
 def test_quoted_fields_with_commas_quotes_and_newlines():
     data = (b'id,comment,n\n'
             b'1,"Hello, world",10\n'
@@ -258,6 +263,40 @@ def test_unterminated_quote_in_the_header():
     err = fails(b'a,"b\n1,2\n')
     assert err.reason == "CSV_PARSE_ERROR"
     assert "line 1" in descriptions(err)
+
+
+@pytest.mark.parametrize("data", [
+    b'a,b\n1,"missing its end\n2,"x",3\n',     # odd number of quotes
+    b'a,b\n1,"missing its end\n2,"x\n3,y\n',   # even: the next quote closes it
+])
+def test_a_missing_quote_that_runs_rows_together_names_the_line_where_it_opens(data):
+    err = fails(data)
+    assert err.reason == "CSV_PARSE_ERROR"
+    assert "starts on line 2 ends on line 3 in the middle of a value" in descriptions(err)
+
+
+@pytest.mark.parametrize("data, kind", [
+    (b"<!DOCTYPE html>\n<html><body>Sign in, please</body></html>\n", "an HTML page"),
+    (b'[{"a": 1, "b": 2},\n {"a": 3, "b": 4}]\n', "a JSON document"),
+])
+def test_html_and_json_are_refused_as_what_they_are(data, kind):
+    err = fails(data)
+    assert err.reason == "UNSUPPORTED_FORMAT"
+    assert f"the file is {kind}, not CSV" in descriptions(err)
+
+
+def test_a_header_in_brackets_is_csv():
+    assert list(read_table(b"[id],[name]\n1,Ann\n").columns) == ["[id]", "[name]"]
+
+
+def test_a_column_name_too_long_is_refused_naming_the_column():
+    name = "why " * 300
+    for data, fmt in ((f"id,{name}\n1,2\n".encode(), "csv"),
+                      (parquet_bytes(pa.table({"id": [1], name: [2]})), "parquet")):
+        err = fails(data, fmt)
+        assert err.reason == "COLUMN_NAME_TOO_LONG"
+        assert "column 2 of the" in descriptions(err)
+        assert "name of 1,199 characters (it starts 'why why" in descriptions(err)
 
 
 def test_too_many_columns():

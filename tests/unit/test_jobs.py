@@ -5,10 +5,11 @@ import pytest
 
 from nbml_server.adapters.sqlite_table_store import SqliteTableStore
 from nbml_server.domain.automl import LEARNERS
+from nbml_server.domain.automl.preparation import MIN_ROWS
 from nbml_server.domain.jobs import (CANCELLED, DEFAULT_BUDGET_SECONDS,
                                      DEFAULT_HOLDOUT_FRACTION, FAILED, MAX_BUDGET_SECONDS,
                                      MAX_HOLDOUT_FRACTION, MAX_TRIALS, MIN_BUDGET_SECONDS,
-                                     MODEL_FAMILIES, PENDING, RUNNING,
+                                     MIN_TRAINING_ROWS, MODEL_FAMILIES, PENDING, RUNNING,
                                      SUCCEEDED, Jobs, check_job_request, holdout_fraction_of,
                                      raise_violations)
 from nbml_server.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -82,11 +83,51 @@ def test_unknown_target_column_shows_at_most_20_columns():
     assert "c19" in description and "c20" not in description
 
 
-@pytest.mark.parametrize("target", ["constant", "empty", "unprofiled"])
-def test_target_with_fewer_than_two_values(target):
-    [(field, description, reason)] = check(target_column=target)
-    assert (field, reason) == ("training_job.target_column", "TARGET_SINGLE_CLASS")
+@pytest.mark.parametrize("target, reason", [("constant", "TARGET_SINGLE_CLASS"),
+                                            ("unprofiled", "TARGET_SINGLE_CLASS"),
+                                            ("empty", "TARGET_ALL_MISSING")])
+def test_target_with_fewer_than_two_values(target, reason):
+    [(field, description, found)] = check(target_column=target)
+    assert (field, found) == ("training_job.target_column", reason)
     assert repr(target) in description
+
+
+def test_a_numeric_target_without_finite_values_is_all_missing():
+    columns = {**COLUMNS, "infinite": {"type": "numeric", "distinct_count": 2,
+                                       "numeric_stats": None}}
+    [(_, description, reason)] = check(target_column="infinite", columns=columns)
+    assert reason == "TARGET_ALL_MISSING"
+    assert "no finite numbers" in description
+
+
+def test_the_only_column_cannot_be_the_target():
+    assert reasons(check(columns={"churned": COLUMNS["churned"]})) == ["NO_FEATURE_COLUMNS"]
+
+
+def test_an_identifier_is_not_a_target_unless_a_numeric_one_is_asked_for_as_regression():
+    columns = {**COLUMNS,
+               "order_id": {"type": "categorical", "distinct_count": 40, "id_like": True},
+               "row": {"type": "numeric", "distinct_count": 40, "id_like": True,
+                       "numeric_stats": {"min": 1.0, "max": 40.0}}}
+    [(_, description, reason)] = check(target_column="order_id", columns=columns)
+    assert reason == "TARGET_IS_IDENTIFIER"
+    assert "'order_id' looks like an identifier" in description
+    assert reasons(check(target_column="order_id", columns=columns, task="regression")) == [
+        "TARGET_IS_IDENTIFIER"]
+    assert reasons(check(target_column="row", columns=columns)) == ["TARGET_IS_IDENTIFIER"]
+    assert check(target_column="row", columns=columns, task="regression") == []
+
+
+def test_too_few_rows_with_a_target_value():
+    columns = {**COLUMNS, "churned": {"distinct_count": 2, "missing_rate": 0.5}}
+    assert check(columns=columns, row_count=20) == []
+    [(field, description, reason)] = check(columns=columns, row_count=19)
+    assert (field, reason) == ("training_job.dataset", "TOO_FEW_ROWS")
+    assert description.startswith("only 9 rows have a value in target column 'churned'")
+
+
+def test_the_trainer_s_minimum_rows_are_the_search_s():
+    assert MIN_TRAINING_ROWS == MIN_ROWS
 
 
 def test_target_column_is_case_sensitive():

@@ -102,6 +102,10 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
                     raise InvalidArgument.of("metadata", "the first message must carry metadata",
                                              reason="UPLOAD_METADATA_MISSING")
                 metadata = message.metadata
+            elif message.HasField("metadata"):
+                raise InvalidArgument.of("metadata", f"only the first message may carry "
+                                         f"metadata; message {number + 1} does too",
+                                         reason="UPLOAD_METADATA_REPEATED")
             size += len(message.chunk)
             if size > self.max_upload_bytes:
                 raise InvalidArgument.of(
@@ -111,13 +115,18 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         if metadata is None:
             raise InvalidArgument.of("metadata", "the upload carried no messages",
                                      reason="UPLOAD_METADATA_MISSING")
+        if metadata.format not in FORMATS:
+            raise InvalidArgument.of("metadata.format", f"unknown format {metadata.format}; "
+                                     "use DATASET_FORMAT_CSV or DATASET_FORMAT_PARQUET, or "
+                                     "leave it unset to tell from the content",
+                                     reason="UNSUPPORTED_FORMAT")
         if len(metadata.display_name) > 200:
             raise InvalidArgument.of("metadata.display_name", "at most 200 characters",
                                      reason="DISPLAY_NAME_TOO_LONG")
         try:
             record = self.catalog.upload(
                 caller.user_id, b"".join(chunks), display_name=metadata.display_name,
-                format=FORMATS.get(metadata.format), rules=rules_from_message(metadata.rules))
+                format=FORMATS[metadata.format], rules=rules_from_message(metadata.rules))
         except InvalidArgument as error:
             raise _as_request_fields(error) from None
         return dataset_message(record)

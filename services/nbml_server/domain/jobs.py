@@ -25,6 +25,9 @@ MIN_BUDGET_SECONDS, MAX_BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS = 5, 86400, 60
 # leave too little to learn from.
 MAX_HOLDOUT_FRACTION, DEFAULT_HOLDOUT_FRACTION = 0.5, 0.2
 MAX_TRIALS = 10_000
+# Fewer rows with a target value than this cannot be cross-validated (the search's
+# `automl.preparation.MIN_ROWS`; a unit test keeps the two in step).
+MIN_TRAINING_ROWS = 10
 # The model families a job may name (`automl.LEARNERS`; lightgbm and xgboost only where
 # their library is installed). Kept here so the trainer checks requests without
 # importing scikit-learn; a unit test keeps the two in step.
@@ -40,11 +43,13 @@ def holdout_fraction_of(job: dict) -> float:
 def check_job_request(*, target_column: str, task: str, metric: str, budget_seconds: int,
                       columns: dict[str, dict], holdout_fraction: float | None = None,
                       families: Sequence[str] = (), max_trials: int = 0,
-                      initial_params: Mapping[str, str] | None = None) -> list:
+                      initial_params: Mapping[str, str] | None = None,
+                      row_count: int | None = None) -> list:
     """(field, description, reason) for each problem of a job request, checked against
-    the data set's profile (column name -> column profile dict). A `holdout_fraction` of
-    None means the request left it unset. Initial parameters are checked here for their
-    family; their names and values, against the family's defaults, by the search."""
+    the data set's profile (column name -> column profile dict) and its `row_count`
+    (None: not checked). A `holdout_fraction` of None means the request left it unset.
+    Initial parameters are checked here for their family; their names and values,
+    against the family's defaults, by the search."""
     violations = _search_space_violations(families, max_trials, initial_params or {})
     if not target_column:
         violations.append(("training_job.target_column", "required", "TARGET_COLUMN_MISSING"))
@@ -53,10 +58,10 @@ def check_job_request(*, target_column: str, task: str, metric: str, budget_seco
         violations.append(("training_job.target_column",
                            f"no column {target_column!r} in the data set; columns: {shown}",
                            "UNKNOWN_TARGET_COLUMN"))
-    elif columns[target_column].get("distinct_count", 0) < 2:
-        violations.append(("training_job.target_column",
-                           f"column {target_column!r} has fewer than two distinct values; "
-                           "there is nothing to learn", "TARGET_SINGLE_CLASS"))
+    else:
+        problem = _target_problem(target_column, columns, task, row_count)
+        if problem:
+            violations.append(problem)
     if task not in TASKS:
         violations.append(("training_job.task", f"must be one of {', '.join(TASKS)}",
                            "UNKNOWN_TASK"))
@@ -78,6 +83,41 @@ def check_job_request(*, target_column: str, task: str, metric: str, budget_seco
                            f"{DEFAULT_HOLDOUT_FRACTION}), got {holdout_fraction}",
                            "HOLDOUT_FRACTION_OUT_OF_RANGE"))
     return violations
+
+
+def _target_problem(name: str, columns: dict[str, dict], task: str,
+                    row_count: int | None) -> tuple[str, str, str] | None:
+    """What makes column `name` useless as the target, judged from its profile (the
+    search would fail on it later, or learn nothing)."""
+    field = "training_job.target_column"
+    column = columns[name]
+    distinct = column.get("distinct_count", 0)
+    numeric = column.get("type") == "numeric"
+    if column.get("distinct_count") == 0:
+        return (field, f"column {name!r} has no values (every cell is empty or a missing "
+                       "marker); there is nothing to learn", "TARGET_ALL_MISSING")
+    if numeric and not column.get("numeric_stats"):
+        return (field, f"column {name!r} has no finite numbers (only NaN, inf or -inf); "
+                       "there is nothing to learn", "TARGET_ALL_MISSING")
+    if distinct < 2:
+        tops = column.get("top_values") or ()
+        value = f" ({tops[0]['value']!r})" if tops else ""
+        return (field, f"column {name!r} has a single value{value}; there is nothing to "
+                       "learn", "TARGET_SINGLE_CLASS")
+    if len(columns) < 2:
+        return (field, "the data set has no column besides the target to learn from",
+                "NO_FEATURE_COLUMNS")
+    if column.get("id_like") and not (numeric and task == "regression"):
+        hint = "; to train on it anyway, ask for task regression" if numeric else ""
+        return (field, f"column {name!r} looks like an identifier (every row has a value of "
+                       f"its own), so a model cannot learn to predict it{hint}",
+                "TARGET_IS_IDENTIFIER")
+    if row_count is not None:
+        labelled = row_count - round(row_count * column.get("missing_rate", 0.0))
+        if labelled < MIN_TRAINING_ROWS:
+            return ("training_job.dataset", f"only {labelled} rows have a value in target "
+                    f"column {name!r}; at least {MIN_TRAINING_ROWS} are needed", "TOO_FEW_ROWS")
+    return None
 
 
 def _search_space_violations(families: Sequence[str], max_trials: int,

@@ -72,7 +72,8 @@ class TrainerServicer(trainer_service_pb2_grpc.TrainerServiceServicer):
         raise_violations(check_job_request(
             target_column=spec.target_column, task=task, metric=spec.metric,
             budget_seconds=spec.budget_seconds, holdout_fraction=holdout,
-            columns=self.datasets.column_profiles(dataset), **search_space))
+            columns=self.datasets.column_profiles(dataset), row_count=dataset["row_count"],
+            **search_space))
         job = self.jobs.create(user_id=caller.user_id, dataset_id=dataset_id,
                                target_column=spec.target_column, task=task, metric=spec.metric,
                                budget_seconds=spec.budget_seconds, holdout_fraction=holdout,

@@ -29,6 +29,9 @@ REGRESSION = "regression"
 TASKS = (CLASSIFICATION, REGRESSION)
 
 TOP_VALUES = 10
+# A top value is shown cut to this many characters: one long cell must not make every
+# message that carries the profile (upload, get, list) megabytes long.
+MAX_SHOWN_CHARS = 200
 MAX_TARGET_SUGGESTIONS = 5
 MAX_CLASSES = 50          # a classification target has 2..MAX_CLASSES classes
 MIN_CLASS_ROWS = 2        # ... and every class has at least this many rows
@@ -105,6 +108,7 @@ class ColumnProfile:
     distinct_count: int                         # distinct non-missing values
     numeric_stats: NumericStats | None = None   # numeric columns only
     top_values: tuple[ValueCount, ...] = ()     # non-numeric columns, most frequent first
+                                                # (long values cut to MAX_SHOWN_CHARS)
     # Every value differs (an identifier such as a customer id or row number): useless
     # as a feature or target. Not on the wire (the proto has no such field).
     id_like: bool = False
@@ -280,11 +284,15 @@ class _Facts:
     finite: np.ndarray | None = None     # numeric: the finite values
 
 
+def _shown(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS - 1] + "…"
+
+
 def _counted(counts: pd.Series) -> tuple[tuple[ValueCount, ...], int]:
     """(top values, rarest count) from a pandas value_counts()."""
     if counts.empty:
         return (), 0
-    top = tuple(ValueCount(format_value(v), int(c))
+    top = tuple(ValueCount(_shown(format_value(v)), int(c))
                 for v, c in counts.iloc[:TOP_VALUES].items())
     return top, int(counts.min())
 
@@ -342,7 +350,7 @@ def _text_facts(series: pd.Series, name: str | None) -> _Facts:
     d = len(counts)
     facts.distinct = d
     order = np.argsort(-counts, kind="stable")[:TOP_VALUES]
-    facts.top = tuple(ValueCount(str(v), int(c)) for v, c in
+    facts.top = tuple(ValueCount(_shown(str(v)), int(c)) for v, c in
                       zip(distinct.take(pa.array(order)).to_pylist(), counts[order], strict=False))
     facts.min_count = int(counts.min())
 

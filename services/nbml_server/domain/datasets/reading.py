@@ -7,7 +7,8 @@ and the column where it applies).
 
 The canonical frame that `read_table` returns:
 
-- column names are strings, stripped of surrounding whitespace, non-empty, unique;
+- column names are strings, stripped of surrounding whitespace, non-empty, unique,
+  at most MAX_COLUMN_NAME_CHARS long;
 - a default RangeIndex (row i of the frame is data row i of the file);
 - numeric columns are `int64` (all values integers, none missing) or `float64`;
 - other columns are pandas' `str` dtype (pandas 3's default string dtype), with
@@ -24,14 +25,18 @@ The canonical frame that `read_table` returns:
 CSV dialect: RFC 4180 quoting with double quotes (a quoted cell may hold the
 delimiter, quotes as `""`, and line breaks); the delimiter is a comma unless the
 header line has more semicolons, tabs or pipes than commas. Blank lines are
-skipped. A UTF-8 byte order mark is accepted and removed. With `;` as the delimiter,
-numbers may use a decimal comma (`3,5`).
+skipped. A UTF-8 byte order mark is accepted and removed (also when repeated). With
+`;` as the delimiter, numbers may use a decimal comma (`3,5`). A quoted value that runs
+over several lines must end at a delimiter or a line end: text right after its closing
+quote means a quote is missing, and the file is refused rather than read with rows
+run together. HTML pages and JSON documents are refused as what they are.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 
 import numpy as np
@@ -44,6 +49,9 @@ import pyarrow.parquet as pq
 from ...errors import FieldViolation, InvalidArgument
 
 MAX_COLUMNS = 10_000
+# A name is shown in every profile, suggestion and prediction request: a cell of prose or
+# a run-away quoted header is no name.
+MAX_COLUMN_NAME_CHARS = 1_000
 # At most this many violations are listed in one error; the message gives the total.
 MAX_VIOLATIONS = 20
 
@@ -90,8 +98,8 @@ def read_table(data: bytes, format: str | None = None) -> pd.DataFrame:  # noqa:
 
     `format` is "csv", "parquet" or None / "" (guess from the content). Raises
     InvalidArgument with reason EMPTY_FILE, UNSUPPORTED_FORMAT,
-    UNSUPPORTED_ENCODING, MISSING_HEADER, DUPLICATE_HEADER, NO_ROWS,
-    TOO_MANY_COLUMNS, CSV_PARSE_ERROR, PARQUET_PARSE_ERROR or
+    UNSUPPORTED_ENCODING, MISSING_HEADER, DUPLICATE_HEADER, COLUMN_NAME_TOO_LONG,
+    NO_ROWS, TOO_MANY_COLUMNS, CSV_PARSE_ERROR, PARQUET_PARSE_ERROR or
     UNSUPPORTED_COLUMN_TYPE.
     """
     if format:
@@ -143,8 +151,10 @@ def _decode(data: bytes) -> tuple[str, bytes]:
     if data.startswith(b"\x1f\x8b"):
         raise _one("UNSUPPORTED_FORMAT",
                    "the file is gzip-compressed; upload the uncompressed CSV")
-    bom = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
-    body = data[bom:] if bom else data
+    body = data
+    while body.startswith(_UTF8_BOM):  # twice when a tool added one to a file that had one
+        body = body[len(_UTF8_BOM):]
+    bom = len(data) - len(body)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -222,7 +232,7 @@ _LINE = re.compile(r"[^\r\n]*")
 
 class _Lines:
     """Feeds physical lines to csv.reader, counting them and keeping the raw lines of
-    the record being read (to find an unterminated quote at the end)."""
+    the record being read (to check its quotes)."""
 
     __slots__ = ("_it", "count", "current")
 
@@ -267,16 +277,19 @@ def _read_header(text: str) -> tuple[list[str], int, str]:
         size *= 4
 
 
-def _unclosed_quote_line(lines: list[str], first_line: int, delimiter: str) -> int | None:
-    """If the record made of `lines` ends inside a quoted field, the line number where
-    that field's quote opened (csv module semantics, non-strict), else None."""
+def _quote_problem(lines: list[str], first_line: int, delimiter: str) -> str | None:
+    """What is wrong with the quotes of the record made of `lines` (csv module
+    semantics, non-strict), or None: a quoted value that is never closed, or one that
+    runs over several lines and is closed in the middle of a value (a quote is missing
+    where it opened, and the rows in between were read as part of it)."""
     state = "start"  # start | unquoted | quoted | quote_in_quoted
-    opened = first_line
+    opened = closed = first_line
     for offset, line in enumerate(lines):
+        number = first_line + offset
         for ch in line:
             if state == "start":
                 if ch == '"':
-                    state, opened = "quoted", first_line + offset
+                    state, opened = "quoted", number
                 elif ch != delimiter and ch not in "\r\n":
                     state = "unquoted"
             elif state == "unquoted":
@@ -284,14 +297,21 @@ def _unclosed_quote_line(lines: list[str], first_line: int, delimiter: str) -> i
                     state = "start"
             elif state == "quoted":
                 if ch == '"':
-                    state = "quote_in_quoted"
+                    state, closed = "quote_in_quoted", number
             elif ch == '"':  # quote_in_quoted: a doubled quote
                 state = "quoted"
             elif ch == delimiter or ch in "\r\n":
                 state = "start"
+            elif closed > opened:
+                return (f"the quoted value that starts on line {opened} ends on line {closed} "
+                        "in the middle of a value: a closing double quote (\") is missing on "
+                        f"line {opened}, or a quote inside a quoted value is not doubled (\"\")")
             else:
                 state = "unquoted"
-    return opened if state == "quoted" else None
+    if state == "quoted":
+        return (f"the quoted value that starts on line {opened} is never closed: "
+                "a double quote (\") is missing")
+    return None
 
 
 def _scan(text: str, delimiter: str, expected: int, header_line: int) -> int:
@@ -313,6 +333,10 @@ def _scan(text: str, delimiter: str, expected: int, header_line: int) -> int:
             record_start = end + 1
             last_start, last_lines = start, lines.current
             lines.current = []
+            if end > start:
+                problem = _quote_problem(last_lines, start, delimiter)
+                if problem:
+                    raise _one("CSV_PARSE_ERROR", problem)
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue  # a blank line
             if not seen_header:
@@ -327,11 +351,9 @@ def _scan(text: str, delimiter: str, expected: int, header_line: int) -> int:
     except csv.Error as exc:  # pragma: no cover - the non-strict reader hardly complains
         raise _one("CSV_PARSE_ERROR", f"line {lines.count}: {exc}") from None
 
-    opened = _unclosed_quote_line(last_lines, last_start, delimiter)
-    if opened is not None:
-        raise _one("CSV_PARSE_ERROR",
-                   f"the quoted value that starts on line {opened} is never closed: "
-                   "a double quote (\") is missing")
+    problem = _quote_problem(last_lines, last_start, delimiter)
+    if problem:
+        raise _one("CSV_PARSE_ERROR", problem)
     if ragged:
         rows = "1 row has" if ragged_total == 1 else f"{ragged_total} rows have"
         raise _bad("CSV_PARSE_ERROR", f"{rows} a different number of fields than the header",
@@ -371,21 +393,21 @@ def _arrow_csv(body: bytes, delimiter: str, raw_names: list[str]) -> pa.Table | 
 
 def _quotes_suspect(text: str, table: pa.Table) -> bool:
     """pyarrow silently accepts an unterminated quote (the value runs to the end of
-    the file). An odd number of quotes, or a line break in the last row, is worth a
-    precise scan."""
+    the file) and a missing one (the rows up to the next quote become one value). An
+    odd number of quotes, or a value with a line break, is worth a precise scan."""
     if text.count('"') % 2:
         return True
     if table.num_rows == 0 or '"' not in text:
         return False
-    last = table.slice(table.num_rows - 1)
-    return any(("\n" in (v or "") or "\r" in (v or ""))
-               for v in (col[0].as_py() for col in last.columns))
+    return any(_any(pc.match_substring(column, "\n")) or _any(pc.match_substring(column, "\r"))
+               for column in table.columns)
 
 
 def _read_csv(data: bytes) -> pd.DataFrame:
     text, body = _decode(data)
     if not text or text.isspace():
         raise _one("EMPTY_FILE", "the file holds only whitespace")
+    _refuse_other_formats(text)
     raw_names, header_line, delimiter = _read_header(text)
     if not raw_names:  # pragma: no cover - only blank lines, caught above
         raise _one("EMPTY_FILE", "the file holds only blank lines")
@@ -416,6 +438,23 @@ def _read_csv(data: bytes) -> pd.DataFrame:
     return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows))
 
 
+def _refuse_other_formats(text: str) -> None:
+    """An HTML page (a download link that answered with a sign-in page) or a JSON
+    document is refused as what it is, not as CSV with odd rows."""
+    head = text[:200].lstrip().lower()
+    if head.startswith(("<!doctype html", "<html")):
+        raise _one("UNSUPPORTED_FORMAT",
+                   "the file is an HTML page, not CSV (a download that answered with a "
+                   "web page?); upload the CSV file itself")
+    if head.startswith(("{", "[")):
+        try:
+            json.loads(text)
+        except ValueError:
+            return  # CSV whose first column name starts with a bracket
+        raise _one("UNSUPPORTED_FORMAT",
+                   "the file is a JSON document, not CSV; convert it to CSV or Parquet")
+
+
 def _pandas_csv(text: str, delimiter: str, names: list[str], data_rows: int) -> pa.Table:
     frame = pd.read_csv(io.StringIO(text), sep=delimiter, header=0, names=names,
                         dtype=str, na_filter=False, keep_default_na=False,
@@ -432,7 +471,7 @@ def _pandas_csv(text: str, delimiter: str, names: list[str], data_rows: int) -> 
 
 def _check_header(cells: list[str], line: int) -> list[str]:
     """The column names (stripped), or MISSING_HEADER / DUPLICATE_HEADER /
-    TOO_MANY_COLUMNS."""
+    COLUMN_NAME_TOO_LONG / TOO_MANY_COLUMNS."""
     where = "the header" if line == 1 else f"the header (line {line})"
     if len(cells) > MAX_COLUMNS:
         raise _one("TOO_MANY_COLUMNS",
@@ -449,8 +488,18 @@ def _check_header(cells: list[str], line: int) -> list[str]:
                    f"the first line (line {line}) looks like data, not column names "
                    f"(all its cells are numbers: {shown}); add a header line with "
                    "column names")
+    _check_name_lengths(names, where)
     _check_unique(names, where)
     return names
+
+
+def _check_name_lengths(names: list[str], where: str) -> None:
+    long = [f"column {i} of {where} has a name of {len(n):,} characters (it starts "
+            f"{n[:30]!r}); at most {MAX_COLUMN_NAME_CHARS:,} are allowed"
+            for i, n in enumerate(names, 1) if len(n) > MAX_COLUMN_NAME_CHARS]
+    if long:
+        raise _bad("COLUMN_NAME_TOO_LONG", f"{len(long)} column name"
+                   f"{'s are' if len(long) != 1 else ' is'} too long", long)
 
 
 def _check_unique(names: list[str], where: str) -> None:
@@ -569,6 +618,7 @@ def _read_parquet(data: bytes) -> pd.DataFrame:
              for i, n in enumerate(names, 1) if not n]
     if empty:
         raise _bad("MISSING_HEADER", f"{len(empty)} column(s) have no name", empty)
+    _check_name_lengths(names, "the Parquet file")
     _check_unique(names, "the Parquet file")
     if table.num_rows == 0:
         raise _one("NO_ROWS", "the Parquet file has columns but no rows")
