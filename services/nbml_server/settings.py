@@ -63,8 +63,20 @@ class Settings(BaseSettings):
     jwt_public_key_file: str = ""
     access_token_seconds: int = Field(default=900, ge=10, le=86400)
     refresh_token_seconds: int = Field(default=30 * 86400, ge=60)
-    # Largest data set file accepted, in bytes.
+    # Largest data set file accepted, in bytes: an upload is refused (INVALID_ARGUMENT,
+    # FILE_TOO_LARGE) as soon as it streams past it.
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    # Storage of one user's data sets (uploaded files plus batch prediction outputs), in
+    # bytes: an upload or batch prediction that would pass it is refused
+    # (RESOURCE_EXHAUSTED, STORAGE_QUOTA_EXCEEDED); deleting data sets makes room.
+    max_storage_bytes_per_user: int = Field(default=5 * 1024**3, ge=1024)
+    # Training jobs one user may have queued or running at once (a job being cancelled
+    # no longer counts); one more is refused (RESOURCE_EXHAUSTED, TOO_MANY_RUNNING_JOBS).
+    max_running_jobs_per_user: int = Field(default=4, ge=1)
+    # Rows in one Predict request or StreamPredict message, as rows or as columns
+    # (INVALID_ARGUMENT, TOO_MANY_ROWS); BatchPredict predicts a stored data set in
+    # slices of this many rows.
+    max_prediction_rows: int = Field(default=100_000, ge=1)
     # How many loaded models a predictor keeps in memory.
     model_cache_size: int = Field(default=16, ge=1)
     # Log-in and sign-up attempts one client address may make per minute, each (Envoy

@@ -10,8 +10,8 @@ from threadpoolctl import threadpool_limits
 
 from nbml_server.domain.automl import (LEARNERS, LearnerContext, build_pipeline, load_model,
                                        save_model, takes_columns, value_problems)
-from nbml_server.domain.serving import (MAX_REPORTED_VIOLATIONS, MAX_ROWS_PER_REQUEST,
-                                        ModelCache, Predictor, check_columns, check_rows,
+from nbml_server.domain.serving import (MAX_REPORTED_VIOLATIONS, ModelCache, Predictor,
+                                        check_columns, check_row_count, check_rows,
                                         check_values, predictions_of)
 from nbml_server.errors import FailedPrecondition, InvalidArgument
 
@@ -91,11 +91,12 @@ def test_no_rows():
 
 
 def test_too_many_rows():
-    row = {"x": 1, "colour": "red"}
-    check_rows([row] * MAX_ROWS_PER_REQUEST, FEATURES)
-    error = invalid_rows([row] * (MAX_ROWS_PER_REQUEST + 1))
-    assert error.reason == "TOO_MANY_ROWS"
-    assert [v.field for v in error.violations] == ["rows"]
+    check_row_count(50, 50, "rows")
+    with pytest.raises(InvalidArgument) as caught:
+        check_row_count(51, 50, "columns")
+    assert caught.value.reason == "TOO_MANY_ROWS"
+    assert [(v.field, v.description) for v in caught.value.violations] == [
+        ("columns", "51 rows, at most 50 per request")]
 
 
 def test_missing_column():
@@ -254,11 +255,8 @@ def test_columns_of_different_lengths_name_the_odd_ones_out():
         ("columns.colour", "1 value(s), where columns.x has 3")]
 
 
-def test_empty_and_too_long_columns():
+def test_empty_columns():
     assert invalid_columns({"x": [], "colour": []}).reason == "NO_ROWS"
-    n = MAX_ROWS_PER_REQUEST + 1
-    error = invalid_columns({"x": np.zeros(n), "colour": [None] * n})
-    assert (error.reason, [v.field for v in error.violations]) == ("TOO_MANY_ROWS", ["columns"])
 
 
 # -- value types -------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 from nbml.v1 import dataset_service_pb2_grpc
 from nbml_server.dataset.servicer import DatasetServicer
-from nbml_server.domain.dataset_catalog import DatasetCatalog
+from nbml_server.domain.dataset_catalog import DatasetCatalog, StorageLimits
 from nbml_server.platform.server import Platform, serve
 
 
 def build(platform: Platform):
-    servicer = DatasetServicer(DatasetCatalog(platform.store, platform.blobs),
-                               platform.settings.max_upload_bytes)
+    settings = platform.settings
+    servicer = DatasetServicer(DatasetCatalog(
+        platform.store, platform.blobs,
+        StorageLimits(settings.max_upload_bytes, settings.max_storage_bytes_per_user)))
     return lambda server: dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(
         servicer, server)
 

@@ -1,6 +1,8 @@
 """DatasetService: protobuf in, DatasetCatalog calls, protobuf out."""
 
+import itertools
 import math
+from collections.abc import Iterator
 
 import pandas as pd
 from google.api import httpbody_pb2
@@ -87,34 +89,30 @@ def _as_request_fields(error: InvalidArgument) -> InvalidArgument:
     return InvalidArgument(error.message, violations, reason=error.reason)
 
 
+def _later_chunks(messages) -> Iterator[bytes]:
+    """The chunks of an upload's messages after the first (which alone has metadata)."""
+    for number, message in enumerate(messages, start=2):
+        if message.HasField("metadata"):
+            raise InvalidArgument.of("metadata", f"only the first message may carry "
+                                     f"metadata; message {number} does too",
+                                     reason="UPLOAD_METADATA_REPEATED")
+        yield message.chunk
+
+
 class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
-    def __init__(self, catalog: DatasetCatalog, max_upload_bytes: int):
+    def __init__(self, catalog: DatasetCatalog):
         self.catalog = catalog
-        self.max_upload_bytes = max_upload_bytes
 
     def UploadDataset(self, request_iterator, context):
         caller = current_caller()
-        metadata = None
-        chunks, size = [], 0
-        for number, message in enumerate(request_iterator):
-            if number == 0:
-                if not message.HasField("metadata"):
-                    raise InvalidArgument.of("metadata", "the first message must carry metadata",
-                                             reason="UPLOAD_METADATA_MISSING")
-                metadata = message.metadata
-            elif message.HasField("metadata"):
-                raise InvalidArgument.of("metadata", f"only the first message may carry "
-                                         f"metadata; message {number + 1} does too",
-                                         reason="UPLOAD_METADATA_REPEATED")
-            size += len(message.chunk)
-            if size > self.max_upload_bytes:
-                raise InvalidArgument.of(
-                    "chunk", f"the file is larger than the limit of {self.max_upload_bytes} bytes",
-                    reason="FILE_TOO_LARGE")
-            chunks.append(message.chunk)
-        if metadata is None:
+        first = next(request_iterator, None)
+        if first is None:
             raise InvalidArgument.of("metadata", "the upload carried no messages",
                                      reason="UPLOAD_METADATA_MISSING")
+        if not first.HasField("metadata"):
+            raise InvalidArgument.of("metadata", "the first message must carry metadata",
+                                     reason="UPLOAD_METADATA_MISSING")
+        metadata = first.metadata
         if metadata.format not in FORMATS:
             raise InvalidArgument.of("metadata.format", f"unknown format {metadata.format}; "
                                      "use DATASET_FORMAT_CSV or DATASET_FORMAT_PARQUET, or "
@@ -123,9 +121,12 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         if len(metadata.display_name) > 200:
             raise InvalidArgument.of("metadata.display_name", "at most 200 characters",
                                      reason="DISPLAY_NAME_TOO_LONG")
+        # Checked against the limits as it streams in: a file over them is never held whole.
+        data = self.catalog.receive(caller.user_id, itertools.chain(
+            [first.chunk], _later_chunks(request_iterator)))
         try:
             record = self.catalog.upload(
-                caller.user_id, b"".join(chunks), display_name=metadata.display_name,
+                caller.user_id, data, display_name=metadata.display_name,
                 format=FORMATS[metadata.format], rules=rules_from_message(metadata.rules))
         except InvalidArgument as error:
             raise _as_request_fields(error) from None

@@ -1,21 +1,25 @@
 """Training jobs: the record, its state machine, and its storage.
 
 A job lives in `jobs_by_user` (listing) and `jobs_by_id` (workers find it by id alone);
-both copies are written on every change.
+both copies are written on every change. How many jobs a user has queued or running is
+counted from `jobs_by_user` whenever a job is created, so the limit holds whichever
+trainer process creates it.
 """
 
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from nbml_server.domain.paging import Page, list_page
-from nbml_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from nbml_server.domain.paging import Page, all_rows, list_page
+from nbml_server.errors import (FailedPrecondition, FieldViolation, InvalidArgument, NotFound,
+                                ResourceExhausted)
 from nbml_server.ids import new_id
 from nbml_server.ports.table_store import TableStore
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "pending", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ACTIVE = frozenset({PENDING, RUNNING})
 TASKS = ("auto", "classification", "regression")
 CLASSIFICATION_METRICS = ("roc_auc", "log_loss", "accuracy", "f1")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
@@ -149,8 +153,11 @@ def _search_space_violations(families: Sequence[str], max_trials: int,
 
 
 class Jobs:
-    def __init__(self, store: TableStore):
+    def __init__(self, store: TableStore, max_running_per_user: int | None = None):
+        """`max_running_per_user`: jobs one user may have queued or running at once
+        (None: no limit, for the processes that only read and update jobs)."""
         self.store = store
+        self.max_running_per_user = max_running_per_user
 
     def create(self, *, user_id: str, dataset_id: str, target_column: str, task: str,
                metric: str, budget_seconds: int, holdout_fraction: float | None = None,
@@ -169,8 +176,34 @@ class Jobs:
                             "elapsed_seconds": 0.0, "stage": "queued"},
                "error": "", "best_model": "", "cancel_requested": False, "attempt": 0,
                "create_time": now, "update_time": now}
+        self._refuse_if_no_room(user_id)
         self._write(job)
+        try:
+            # Again with the job written: of two creations racing past the first check
+            # (threads or processes), neither is accepted over the limit.
+            self._refuse_if_no_room(user_id, job["job_id"])
+        except ResourceExhausted:
+            self.discard(job)
+            raise
         return job
+
+    def running(self, user_id: str) -> list[dict]:
+        """The user's queued and running jobs, except those being cancelled (they end
+        as soon as their worker notices)."""
+        return [job for _, job in all_rows(self.store, "jobs_by_user", user_id)
+                if job["state"] in ACTIVE and not job.get("cancel_requested")]
+
+    def _refuse_if_no_room(self, user_id: str, new_job_id: str = "") -> None:
+        """Refuses a new job (`new_job_id`, once written) if the user's other running
+        jobs already fill the limit."""
+        if self.max_running_per_user is None:
+            return
+        others = [j for j in self.running(user_id) if j["job_id"] != new_job_id]
+        if len(others) >= self.max_running_per_user:
+            raise ResourceExhausted(
+                f"{len(others)} of your training jobs are queued or running and at most "
+                f"{self.max_running_per_user} may be at once: wait for one to end or "
+                "cancel one", reason="TOO_MANY_RUNNING_JOBS")
 
     def get(self, user_id: str, job_id: str) -> dict:
         job = self.store.get("jobs_by_user", user_id, job_id)

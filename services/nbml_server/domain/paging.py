@@ -52,3 +52,14 @@ def list_page(store: TableStore, table: str, partition: str, *, page_size: int,
     page = batch[:size]
     token = _encode_token(page[-1][0]) if len(batch) > size else ""
     return Page([row for _, row in page], token)
+
+
+def all_rows(store: TableStore, table: str, partition: str, *, batch_size: int = 500):
+    """Every row of a partition, in key order, read `batch_size` at a time (key, row)."""
+    after = None
+    while True:
+        batch = store.scan(table, partition, limit=batch_size, after=after)
+        yield from batch
+        if len(batch) < batch_size:
+            return
+        after = batch[-1][0]

@@ -21,7 +21,6 @@ from nbml_server.errors import FieldViolation, InvalidArgument
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS_PER_REQUEST = 100_000
 MAX_REPORTED_VIOLATIONS = 20
 
 
@@ -94,13 +93,17 @@ def _refused(violations: list[FieldViolation], what: str, reason: str) -> Invali
                            f"{shown[0].description}", shown, reason=reason)
 
 
+def check_row_count(n_rows: int, max_rows: int, field: str) -> None:
+    """A request's rows (in `field`: rows or columns) must be at most `max_rows`."""
+    if n_rows > max_rows:
+        raise InvalidArgument.of(field, f"{n_rows} rows, at most {max_rows} per request",
+                                 reason="TOO_MANY_ROWS")
+
+
 def check_rows(rows: list[dict], feature_columns: list[str]) -> None:
     """Every row must have exactly the model's feature columns."""
     if not rows:
         raise InvalidArgument.of("rows", "at least one row is needed", reason="NO_ROWS")
-    if len(rows) > MAX_ROWS_PER_REQUEST:
-        raise InvalidArgument.of("rows", f"at most {MAX_ROWS_PER_REQUEST} rows per request",
-                                 reason="TOO_MANY_ROWS")
     expected = set(feature_columns)
     violations = []
     for index, row in enumerate(rows):
@@ -140,9 +143,6 @@ def check_columns(columns: Mapping[str, Sequence], feature_columns: list[str]) -
         raise _refused(uneven, "columns", "COLUMN_LENGTHS_DIFFER")
     if not n_rows:
         raise InvalidArgument.of("columns", "at least one row is needed", reason="NO_ROWS")
-    if n_rows > MAX_ROWS_PER_REQUEST:
-        raise InvalidArgument.of("columns", f"at most {MAX_ROWS_PER_REQUEST} rows per request",
-                                 reason="TOO_MANY_ROWS")
     return n_rows
 
 
@@ -182,11 +182,13 @@ def predictions_of(pipeline, model: dict, data) -> list[Prediction]:
 
 class Predictor:
     def __init__(self, endpoints: Endpoints, models: ModelRegistry, datasets: DatasetCatalog,
-                 cache: ModelCache):
+                 cache: ModelCache, max_rows: int = 100_000):
+        """`max_rows`: rows per request, and per slice of a batch prediction."""
         self.endpoints = endpoints
         self.models = models
         self.datasets = datasets
         self.cache = cache
+        self.max_rows = max_rows
         self.batcher = MicroBatcher()
         # Model records never change; a deleted job's models are refused here within
         # `recent.RECENT_READ_SECONDS`.
@@ -247,12 +249,26 @@ class Predictor:
                 f"datasets/{dataset_id} lacks the model's columns: {', '.join(missing)}",
                 [FieldViolation("dataset", f"missing column {c!r}") for c in missing],
                 reason="PREDICTION_COLUMNS_MISMATCH")
-        predictions = predictions_of(self.cache.pipeline(model), model, frame)
+        predictions, probabilities = self._predict_in_slices(model, frame)
         output = frame.copy()
-        output["prediction"] = [p.label if model["task"] != "regression" else p.value
-                                for p in predictions]
+        output["prediction"] = predictions
         for label in model["classes"]:
-            output[f"probability_{label}"] = [p.probabilities.get(label, 0.0) for p in predictions]
+            output[f"probability_{label}"] = probabilities.get(label, 0.0)
         name = f"{dataset['display_name'] or dataset_id} predictions"
         return self.datasets.add(user_id, output, display_name=name[:200], format="parquet",
-                                 size_bytes=0, source_endpoint=f"endpoints/{endpoint_id}")
+                                 source_endpoint=f"endpoints/{endpoint_id}")
+
+    def _predict_in_slices(self, model: dict, frame: pd.DataFrame
+                           ) -> tuple[np.ndarray | list, dict[str, np.ndarray]]:
+        """A data set's predictions (labels, or values for regression) and class
+        probabilities (class -> column), `max_rows` rows at a time, as arrays: a
+        Prediction object per row would take more memory than the data set itself."""
+        pipeline = self.cache.pipeline(model)
+        parts = [prediction_columns(pipeline, model, frame.iloc[start:start + self.max_rows])
+                 for start in range(0, len(frame), self.max_rows)]
+        if model["task"] == "regression":
+            return np.concatenate([part.values for part in parts]), {}
+        labels = [label for part in parts for label in part.labels]
+        return labels, {label: np.concatenate([part.probabilities[:, part.classes.index(label)]
+                                               for part in parts])
+                        for label in parts[0].classes}

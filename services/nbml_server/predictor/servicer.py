@@ -8,7 +8,7 @@ from nbml_server.dataset.servicer import dataset_message
 from nbml_server.domain.endpoints import Endpoints
 from nbml_server.domain.model_registry import ModelRegistry
 from nbml_server.domain.names import parse_name
-from nbml_server.domain.serving import PredictionColumns, Predictor
+from nbml_server.domain.serving import PredictionColumns, Predictor, check_row_count
 from nbml_server.errors import InvalidArgument
 from nbml_server.platform.convert import timestamp
 from nbml_server.platform.interceptors import current_caller
@@ -48,6 +48,11 @@ def row_dict(row) -> dict:
 def prediction_messages(predictions) -> list[pb.Prediction]:
     return [pb.Prediction(label=p.label, value=p.value, probabilities=p.probabilities)
             for p in predictions]
+
+
+def longest_column(columns) -> int:
+    """The most values any column of `PredictRequest.columns` has (its rows, if even)."""
+    return max(len(column.numbers) or len(column.strings) for column in columns.values())
 
 
 def column_arrays(columns) -> dict[str, np.ndarray]:
@@ -159,11 +164,14 @@ class PredictorServicer(predictor_service_pb2_grpc.PredictorServiceServicer):
                                      reason="ROWS_AND_COLUMNS")
         user_id = current_caller().user_id
         endpoint_id = parse_name(endpoint, "endpoints", "endpoint")
+        # The rows are counted before any of them becomes Python objects.
         if request.columns:
+            check_row_count(longest_column(request.columns), self.predictor.max_rows, "columns")
             model_id, columns = self.predictor.predict_columns(
                 user_id, endpoint_id, column_arrays(request.columns))
             return response_type(prediction_columns=prediction_columns_message(columns),
                                  model=f"models/{model_id}")
+        check_row_count(len(request.rows), self.predictor.max_rows, "rows")
         model_id, predictions = self.predictor.predict(
             user_id, endpoint_id, [row_dict(row) for row in request.rows])
         return response_type(predictions=prediction_messages(predictions),

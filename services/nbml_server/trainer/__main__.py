@@ -10,7 +10,7 @@ from nbml_server.trainer.servicer import TrainerServicer
 
 
 def build(platform: Platform):
-    servicer = TrainerServicer(Jobs(platform.store),
+    servicer = TrainerServicer(Jobs(platform.store, platform.settings.max_running_jobs_per_user),
                                DatasetCatalog(platform.store, platform.blobs),
                                JobEventPublisher(platform.bus),
                                JobChangeNotifier(platform.bus).start())

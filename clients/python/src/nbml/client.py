@@ -939,8 +939,9 @@ class Client:
                         ) -> dict[str, np.ndarray]:
         """Predictions for rows sent column by column - column name -> values (lists,
         arrays or Series; exactly the endpoint's feature columns, all of one length, at
-        most 100,000 rows) - in one Predict call, far cheaper than ``predict`` on many
-        rows. Returns ``prediction_columns_to_dict`` of the answer."""
+        most the server's row limit, 100,000 by default) - in one Predict call, far
+        cheaper than ``predict`` on many rows. Returns ``prediction_columns_to_dict`` of
+        the answer."""
         request = predictor_service_pb2.PredictRequest(
             endpoint=resource_name("endpoints", endpoint_id),
             columns={str(name): column_values(values) for name, values in columns.items()})

@@ -76,7 +76,9 @@ class DatasetServiceServicer:
     def UploadDataset(self, request_iterator, context):
         """Uploads a CSV or Parquet file in chunks. The first message carries `metadata`;
         every message may carry a `chunk`. The data set is validated and profiled before
-        it is stored; a file that fails validation leaves nothing behind.
+        it is stored; a file that fails validation leaves nothing behind. Refused as soon
+        as the file passes the size limit (INVALID_ARGUMENT, FILE_TOO_LARGE) or the
+        storage the user has left (RESOURCE_EXHAUSTED, STORAGE_QUOTA_EXCEEDED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -73,6 +73,8 @@ class TrainerServiceServicer:
 
     def CreateTrainingJob(self, request, context):
         """Records the job and hands it to the workers. Returns at once, in state PENDING.
+        A user may have a limited number of jobs queued or running (not counting those
+        being cancelled); one more is RESOURCE_EXHAUSTED (TOO_MANY_RUNNING_JOBS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
