@@ -23,7 +23,9 @@ from nbml_server.domain.tokens import ensure_keypair
 from nbml_server.settings import Settings, machine_cores
 
 SERVICES = ("auth", "dataset", "trainer", "evaluator", "predictor")
-START_TIMEOUT_SECONDS = 60
+# Each child imports pandas and scikit-learn; eight of them starting at once on two busy
+# cores took over 60 s (load average 12), so a hung child is told apart at 3 minutes.
+START_TIMEOUT_SECONDS = 180
 
 
 @dataclass
