@@ -3,7 +3,6 @@ state machine over the real SQLite table store."""
 
 import pytest
 
-from nbml_server.adapters.sqlite_table_store import SqliteTableStore
 from nbml_server.domain.automl import LEARNERS
 from nbml_server.domain.automl.preparation import MIN_ROWS
 from nbml_server.domain.jobs import (CANCELLED, DEFAULT_BUDGET_SECONDS,
@@ -228,13 +227,6 @@ def test_raise_violations_keeps_every_violation_and_the_first_reason():
 
 
 # -- Jobs ------------------------------------------------------------------------------
-
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteTableStore(tmp_path / "store.db")
-    yield s
-    s.close()
-
 
 @pytest.fixture
 def jobs(store):

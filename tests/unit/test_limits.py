@@ -19,13 +19,6 @@ from nbml_server.errors import InvalidArgument, ResourceExhausted
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SqliteTableStore(tmp_path / "store.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def blobs(tmp_path):
     return LocalBlobStore(tmp_path / "blobs")
 

@@ -4,20 +4,12 @@ import base64
 
 import pytest
 
-from nbml_server.adapters.sqlite_table_store import SqliteTableStore
 from nbml_server.domain.paging import (DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, list_page,
                                        resolve_page_size)
 from nbml_server.errors import InvalidArgument
 
 T = "jobs_by_user"
 P = "usr_1"
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteTableStore(tmp_path / "store.db")
-    yield s
-    s.close()
 
 
 def fill(store, n, partition=P):
