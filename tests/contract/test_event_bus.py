@@ -206,6 +206,20 @@ def test_closing_without_commit_redelivers_everything(bus, topic, group):
     second.close()
 
 
+def test_a_member_that_joins_gets_no_message_a_live_member_is_handling(bus, topic, group):
+    # One message on every partition: whichever the newcomer is assigned, it holds one.
+    for lane in range(6):
+        bus.publish(topic, "k", str(lane).encode(), lane=lane)
+    first = bus.subscribe(topic, group)
+    assert sorted(_values(poll_n(first, 6))) == [str(lane).encode() for lane in range(6)]
+    second = bus.subscribe(topic, group)
+    # The first is still at work on them (a job would run twice).
+    assert second.poll(1.0) == []
+    first.close()  # without committing: they are the newcomer's now
+    assert sorted(_values(poll_n(second, 6))) == [str(lane).encode() for lane in range(6)]
+    second.close()
+
+
 def test_committed_messages_are_not_delivered_again(bus, topic, group):
     for n in range(3):
         bus.publish(topic, "k", str(n).encode())

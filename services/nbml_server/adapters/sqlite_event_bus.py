@@ -14,6 +14,8 @@ Tables:
   it still counts as committed for every partition.)
 - `group_members(grp, topic, member, pid)`: the open subscriptions; a row whose
   process has died is dropped when seen.
+- `partition_owners(grp, topic, part, member)`: which member reads each partition
+  now, so that no two live members hold one partition's messages at once.
 
 Partitions: a topic has `partitions` of them (6 by default, or the topic's
 `min_partitions` from `ports.event_bus.TOPICS` when larger). A message with a `lane`
@@ -21,9 +23,12 @@ goes to partition lane mod that count, others to a hash of their key, so message
 with one key (or one lane) keep their order. The live members of a group, sorted by
 member id, split the partitions round-robin (member i of n reads partitions i, i + n,
 ...), so lanes 0..n-1 go to n different members. Membership is looked at on every
-poll: a member that joins takes its partitions at once, and the partitions of one
-that closed or whose process died go to the others, from their committed offsets
-(the uncommitted messages are delivered again: at least once). A member that lost a
+poll. A partition moves to the member it is now assigned to once its owner lets go
+of it: when the owner polls again (it is done with the messages it had, as Kafka's
+rebalance waits for every member's next poll), closes, or its process dies; the new
+owner reads it from the group's committed offset (the uncommitted messages are
+delivered again: at least once). So a member that joins never gets a message another
+live member is still handling (a job would run twice). A member that lost a
 partition while handling a message may still commit it.
 
 A subscription starts reading each of its partitions after the group's committed
@@ -79,6 +84,10 @@ def _create_tables(conn) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS group_members (grp TEXT NOT NULL, topic TEXT NOT NULL,"
         " member TEXT NOT NULL, pid INTEGER NOT NULL, PRIMARY KEY (grp, topic, member))"
+        " WITHOUT ROWID")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS partition_owners (grp TEXT NOT NULL, topic TEXT NOT NULL,"
+        " part INTEGER NOT NULL, member TEXT NOT NULL, PRIMARY KEY (grp, topic, part))"
         " WITHOUT ROWID")
     conn.execute("COMMIT")
 
@@ -180,6 +189,37 @@ class SqliteEventBus(EventBus):
         return [Message(topic=topic, key=key, value=bytes(value), offset=offset, partition=part)
                 for offset, key, value, part in found[:limit]]
 
+    def _claim(self, group: str, topic: str, member: str, assigned: set[int],
+               live: list[str]) -> set[int]:
+        """Lets go of the member's partitions not in `assigned` and takes those of
+        `assigned` that nobody live holds; returns the assigned partitions it holds."""
+        def owners(conn) -> dict[int, str]:
+            return dict(conn.execute(
+                "SELECT part, member FROM partition_owners WHERE grp = ? AND topic = ?",
+                (group, topic)).fetchall())
+
+        def changes(held: dict[int, str]) -> tuple[list[int], list[int]]:
+            release = [p for p, m in held.items() if m == member and p not in assigned]
+            take = [p for p in assigned if held.get(p) != member and held.get(p) not in live]
+            return release, take
+
+        with self._db.connection() as conn:
+            held = owners(conn)
+            if any(changes(held)):
+                # Decided again inside the write transaction: another member may have
+                # taken a partition meanwhile.
+                conn.execute("BEGIN IMMEDIATE")
+                held = owners(conn)
+                release, take = changes(held)
+                conn.executemany("DELETE FROM partition_owners WHERE grp = ? AND topic = ?"
+                                 " AND part = ?", [(group, topic, p) for p in release])
+                conn.executemany("INSERT OR REPLACE INTO partition_owners (grp, topic, part,"
+                                 " member) VALUES (?, ?, ?, ?)",
+                                 [(group, topic, p, member) for p in take])
+                conn.execute("COMMIT")
+                held = owners(conn)
+        return {p for p in assigned if held.get(p) == member}
+
     def _commit(self, topic: str, group: str, part: int, offset: int) -> None:
         with self._db.connection() as conn:
             conn.execute(
@@ -197,6 +237,9 @@ class SqliteEventBus(EventBus):
             self._subscriptions.discard(subscription)
         with self._db.connection() as conn:
             conn.execute("DELETE FROM group_members WHERE grp = ? AND topic = ? AND member = ?",
+                         (subscription._group, subscription._topic, subscription.member))
+            conn.execute("DELETE FROM partition_owners WHERE grp = ? AND topic = ? AND"
+                         " member = ?",
                          (subscription._group, subscription._topic, subscription.member))
 
     def _prune(self, topic: str, every: float) -> None:
@@ -235,7 +278,8 @@ class _SqliteSubscription(Subscription):
         if self.member not in members:
             return {}  # not registered (yet), or closed
         index, count = members.index(self.member), len(members)
-        owned = range(index, self._bus.topic_partitions(self._topic), count)
+        assigned = set(range(index, self._bus.topic_partitions(self._topic), count))
+        owned = self._bus._claim(self._group, self._topic, self.member, assigned, members)
         self._positions = {p: self._positions[p] if p in self._positions
                            else self._bus._committed(self._topic, self._group, p)
                            for p in owned}
