@@ -373,11 +373,12 @@ def test_a_model_artifact_with_a_disallowed_type_is_never_loaded(platform, tmp_p
         assert mallory.get_endpoint(endpoint.name).model == f"models/{good}"
         assert len(mallory.predict(endpoint.name, rows)) == 3
 
-        # An endpoint made on it serves nothing: each prediction is refused, never a 5xx.
-        refusing = mallory.deploy(bad)
-        error = error_of(mallory.predict, refusing.name, rows)
+        # Deploying it is refused too: no endpoint is made on a model that cannot load.
+        endpoints_before = len(mallory.endpoints())
+        error = error_of(mallory.deploy, bad)
         assert (error.code, error.reason) == ("FAILED_PRECONDITION", "UNTRUSTED_ARTIFACT")
-        response = rest(platform, "POST", f"/v1/{refusing.name}:predict", mallory.token,
-                        json={"rows": rows.to_dict(orient="records")})
+        response = rest(platform, "POST", "/v1/endpoints", mallory.token,
+                        json={"model": f"models/{bad}"})
         assert response.status_code == 400
         assert _reason(response.json()) == "UNTRUSTED_ARTIFACT"
+        assert len(mallory.endpoints()) == endpoints_before

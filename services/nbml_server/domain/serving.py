@@ -229,6 +229,13 @@ class Predictor:
         return self._recent_models.get((user_id, model_id),
                                        lambda: self.models.get(user_id, model_id))
 
+    def deploy(self, user_id: str, model: dict, display_name: str) -> dict:
+        """Creates an endpoint for `model` once the model loads here: a model that cannot
+        be served (an artifact outside the allowed types, say) gets no endpoint, and the
+        first predictions do not wait for the load."""
+        self.cache.pipeline(model)
+        return self.endpoints.create(user_id, model, display_name)
+
     def redeploy(self, user_id: str, endpoint_id: str, model: dict | None,
                  display_name: str | None) -> dict:
         """Updates the endpoint; a new model is loaded first, so no request waits for it

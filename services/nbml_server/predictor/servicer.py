@@ -97,7 +97,7 @@ class PredictorServicer(predictor_service_pb2_grpc.PredictorServiceServicer):
         caller = current_caller()
         model = self.models.get(caller.user_id,
                                 parse_name(request.endpoint.model, "models", "endpoint.model"))
-        return endpoint_message(self.endpoints.create(caller.user_id, model,
+        return endpoint_message(self.predictor.deploy(caller.user_id, model,
                                                       request.endpoint.display_name))
 
     def GetEndpoint(self, request, context):

@@ -83,7 +83,8 @@ class PredictorServiceServicer:
     """
 
     def CreateEndpoint(self, request, context):
-        """Deploys a model: the endpoint serves predictions from it.
+        """Deploys a model: the endpoint serves predictions from it. The model is loaded
+        first; one that cannot be (FAILED_PRECONDITION) gets no endpoint.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
