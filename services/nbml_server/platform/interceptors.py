@@ -83,7 +83,10 @@ class _Unparsable:
     problem: str
 
 
-def _tolerant(deserializer: Callable) -> Callable:
+def _tolerant(deserializer: Callable | None) -> Callable | None:
+    if deserializer is None:  # the handler takes the raw bytes
+        return None
+
     def deserialize(data: bytes):
         try:
             return deserializer(data)
