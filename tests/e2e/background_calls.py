@@ -48,6 +48,10 @@ class CallsInBackground:
                 self.results.append(result)
                 self._progress.notify_all()
 
+    def pause(self, seconds: float) -> bool:
+        """For a call to wait between steps: True (at once) when the calls are stopped."""
+        return self._stopping.wait(seconds)
+
     def wait_for(self, condition: Callable[["CallsInBackground"], bool], what: str) -> None:
         """Until `condition(self)` holds (or a call fails)."""
         with self._progress:

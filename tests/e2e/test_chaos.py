@@ -9,7 +9,6 @@ failed (one replica was up at all times), and every service is healthy."""
 
 import json
 import random
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from nbml.v1 import trainer_service_pb2
 from nbml_server.adapters.sqlite_table_store import SqliteTableStore
 from nbml_server.launcher import LocalPlatform
 from tests.e2e.background_calls import CallsInBackground
+from tests.e2e.small_model import deploy_small_model
 
 pytestmark = pytest.mark.e2e
 
@@ -70,82 +70,50 @@ def deployed(chaotic):
     frame = training_frame(np.random.default_rng(SEED), 60)
     with Client(chaotic.address) as client:
         client.sign_up("dora", "correct horse battery staple")
-        dataset = client.upload_dataset(frame, name="chaos-training")
-        job = client.train(dataset.name, "y", budget_seconds=5, holdout_fraction=0,
-                           families=["logistic_regression"], max_trials=1)
-        final = client.wait_for_job(job.name)
-        assert final.best_model, final.error
-        endpoint = client.deploy(final.best_model).name
-        yield client, dataset.name, endpoint, frame.drop(columns="y").head(3)
+        model = deploy_small_model(client, frame, "chaos-training")
+        yield client, model.dataset, model.endpoint, frame.drop(columns="y").head(3)
 
 
-class Uploads:
+class Uploads(CallsInBackground):
     """Uploads small data sets one after another; `acknowledged`: data set name -> rows, for
     each upload the client was told succeeded; `failures`: what the others raised."""
 
     def __init__(self, client: Client):
+        super().__init__(self._upload, callers=1)
         self._client = client
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.acknowledged: dict[str, int] = {}
-        self.failures: list[NbmlError] = []
+        self._rng = np.random.default_rng(SEED + 1)
 
-    def __enter__(self) -> "Uploads":
-        self._thread.start()
-        return self
+    @property
+    def acknowledged(self) -> dict[str, int]:
+        return dict(self.results)
 
-    def __exit__(self, *exc) -> None:
-        self._stopping.set()
-        self._thread.join(60)
-
-    def _run(self) -> None:
-        rng = np.random.default_rng(SEED + 1)
-        while not self._stopping.is_set():
-            rows = int(rng.integers(5, 50))
-            try:
-                dataset = self._client.upload_dataset(training_frame(rng, rows),
-                                                      name=f"chaos-{rows}")
-            except NbmlError as failure:
-                self.failures.append(failure)
-            else:
-                self.acknowledged[dataset.name] = rows
-            self._stopping.wait(UPLOAD_PAUSE_SECONDS)
+    def _upload(self) -> tuple[str, int]:
+        rows = int(self._rng.integers(5, 50))
+        try:
+            dataset = self._client.upload_dataset(training_frame(self._rng, rows),
+                                                  name=f"chaos-{rows}")
+        finally:
+            self.pause(UPLOAD_PAUSE_SECONDS)
+        return dataset.name, rows
 
 
-class TrainingJobs:
+class TrainingJobs(CallsInBackground):
     """`callers` threads, each creating a small job and following it until it ends (or
     the load stops); `accepted`: the names of the jobs the client was told were created."""
 
     def __init__(self, client: Client, dataset: str, callers: int):
+        super().__init__(self._train_and_follow, callers)
         self._client = client
         self._dataset = dataset
-        self._stopping = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(callers)]
         self.accepted: list[str] = []
-        self.failures: list[NbmlError] = []
 
-    def __enter__(self) -> "TrainingJobs":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                job = self._client.train(self._dataset, "y", budget_seconds=5,
-                                         holdout_fraction=0, max_trials=2,
-                                         families=["logistic_regression", "knn"])
-                self.accepted.append(job.name)
-                while (not self._stopping.wait(0.5)
-                       and self._client.get_job(job.name).state not in TERMINAL_JOB_STATES):
-                    pass
-            except NbmlError as failure:
-                self.failures.append(failure)
+    def _train_and_follow(self) -> None:
+        job = self._client.train(self._dataset, "y", budget_seconds=5, holdout_fraction=0,
+                                 max_trials=2, families=["logistic_regression", "knn"])
+        self.accepted.append(job.name)
+        while (not self.pause(0.5)
+               and self._client.get_job(job.name).state not in TERMINAL_JOB_STATES):
+            pass
 
 
 def job_records(platform: LocalPlatform, names: list[str]) -> list[dict]:

@@ -13,6 +13,7 @@ from deploy.envoy.process import free_port
 from nbml.client import Client
 from nbml_server.launcher import LocalPlatform
 from tests.e2e.background_calls import WAIT_SECONDS, CallsInBackground
+from tests.e2e.small_model import deploy_small_model
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +35,7 @@ def deployed(replicated):
     frame["y"] = np.where(frame["x"] + frame["z"] > 0, "up", "down")
     with Client(replicated.address) as client:
         client.sign_up("carol", "correct horse battery staple")
-        dataset = client.upload_dataset(frame, name="replicas")
-        job = client.train(dataset.name, "y", budget_seconds=5, holdout_fraction=0,
-                           families=["logistic_regression"], max_trials=1)
-        final = client.wait_for_job(job.name)
-        assert final.best_model, final.error
-        endpoint = client.deploy(final.best_model).name
+        endpoint = deploy_small_model(client, frame, "replicas").endpoint
         yield client, endpoint, frame.drop(columns="y").head(3)
 
 
