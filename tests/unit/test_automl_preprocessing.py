@@ -47,6 +47,18 @@ def test_infer_column_types():
     assert infer_column_type(pd.Series(["2020-01-01 10:00", "2021-03-04 11:30", None])) == "datetime"
 
 
+def test_numbers_that_are_0_or_1_in_training_stay_numbers_for_the_model():
+    # The profile calls such a column boolean; the model must still take a 2 later.
+    frame = pd.DataFrame({"pixel": [0, 1, 1, 0, 1, 0], "flag": [True, False] * 3,
+                          "answer": ["yes", "no"] * 3})
+    assert infer_column_type(frame["pixel"]) == "boolean"
+    types = resolve_column_types(frame, None, list(frame.columns))
+    assert types == {"pixel": "numeric", "flag": "boolean", "answer": "boolean"}
+    coercer = SchemaCoercer().fit(frame)
+    assert coercer.column_types_ == types
+    assert coercer.transform([{"pixel": 2, "flag": True, "answer": "no"}])["pixel"].tolist() == [2.0]
+
+
 def test_unknown_column_type_rejected():
     frame, _ = mixed_frame(10)
     with pytest.raises(InvalidArgument) as e:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from nbml_server.errors import FieldViolation, InvalidArgument
 
-# One inference for the profile users see and the pipelines the search builds.
+# One inference for the profile users see and the pipelines the search builds (but
+# see `model_column_type`).
 from nbml_server.domain.datasets.profiling import (BOOLEAN, COLUMN_TYPES,  # noqa: E402
                                                    DATETIME, NUMERIC, infer_column_type)
 from nbml_server.domain.datasets.reading import NA_TOKENS, numberish
@@ -213,4 +214,17 @@ def resolve_column_types(frame: pd.DataFrame, given: Mapping[str, str] | None,
     if violations:
         raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in violations),
                               violations, reason="UNKNOWN_COLUMN_TYPE")
-    return {name: given.get(name) or infer_column_type(frame[name]) for name in columns}
+    return {name: given.get(name) or model_column_type(frame[name]) for name in columns}
+
+
+def model_column_type(series: pd.Series) -> str:
+    """The type a model reads a column as when none is given: the profile's
+    (`infer_column_type`), except that numbers stay numeric. A column of numbers that
+    are all 0 or 1 in the training rows is a boolean in the profile, but a model that
+    takes it as one would refuse a 2 at prediction time (a digits pixel that was 0 or
+    1 in every training row), where it can take it as the number it is."""
+    inferred = infer_column_type(series)
+    if (inferred == BOOLEAN and pd.api.types.is_numeric_dtype(series.dtype)
+            and not pd.api.types.is_bool_dtype(series.dtype)):
+        return NUMERIC
+    return inferred

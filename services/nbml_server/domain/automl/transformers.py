@@ -46,8 +46,8 @@ class SchemaCoercer(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         frame = _as_frame(X)
         if self.column_types is None:
-            from .columns import infer_column_type
-            types = {str(c): infer_column_type(frame[c]) for c in frame.columns}
+            from .columns import model_column_type
+            types = {str(c): model_column_type(frame[c]) for c in frame.columns}
         else:
             types = {str(k): str(v) for k, v in self.column_types.items()}
         self.column_types_ = types
