@@ -2,15 +2,18 @@
 code through REST), the services stay healthy, and nothing half-written is left."""
 
 import grpc
+import numpy as np
 import pandas as pd
 import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nbml.client import column_values, frame_to_structs
+from nbml.client import column_type_to_str, column_values, frame_to_structs
 from nbml.errors import NbmlError
 from nbml.v1 import predictor_service_pb2, predictor_service_pb2_grpc
 from nbml_server.launcher import SERVICES
+
+from .small_model import deploy_small_model
 
 pytestmark = pytest.mark.e2e
 
@@ -108,6 +111,20 @@ def test_prediction_values_of_the_wrong_type_are_refused_naming_them(alice, trai
         assert (error.code, error.reason) == ("INVALID_ARGUMENT", "PREDICTION_VALUE_TYPE")
         assert [(v.field, v.description) for v in error.field_violations] == [
             (field, "'big' is not a number; the column is numeric")]
+
+
+def test_a_number_column_that_was_0_or_1_in_training_takes_other_numbers(bob):
+    # Such a column is a boolean in the profile; a model that read it as one refused a 2
+    # (a digits pixel in the AutoML benchmark).
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60), "pixel": rng.integers(0, 2, 60)})
+    frame["y"] = np.where(frame["x"] + frame["pixel"] > 0.5, "yes", "no")
+    model = deploy_small_model(bob, frame, "zero-one.csv")
+    dataset = bob.get_dataset(model.dataset)
+    types = {c.name: column_type_to_str(c.type) for c in dataset.profile.columns}
+    assert types["pixel"] == "boolean"
+    predictions = bob.predict(model.endpoint, pd.DataFrame({"x": [0.1, 0.1], "pixel": [2, 0]}))
+    assert len(predictions) == 2
 
 
 def test_malformed_columnar_requests_are_refused(platform, alice, trained,

@@ -33,7 +33,9 @@ def search_request(job: dict, datasets: DatasetCatalog) -> automl.SearchRequest:
     build it alike, so `automl.prepare_trials` gives them the same rows and folds."""
     dataset = datasets.get(job["user_id"], job["dataset_id"])
     frame = datasets.load_frame(dataset)
-    column_types = {c: p["type"] for c, p in datasets.column_profiles(dataset).items()}
+    # The profile's inference, done once at upload, as the model reads it.
+    column_types = {c: automl.model_column_type(frame[c], p["type"])
+                    for c, p in datasets.column_profiles(dataset).items() if c in frame}
     return automl.SearchRequest(frame=frame, target=job["target_column"], task=job["task"],
                                 metric=job["metric"] or None,
                                 budget_seconds=float(job["budget_seconds"]),

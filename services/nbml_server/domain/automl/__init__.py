@@ -10,8 +10,8 @@ No grpc, protobuf or storage here; errors are `nbml_server.errors` domain errors
 """
 
 from .artifacts import ALLOWED_TYPES, load_model, save_model
-from .columns import (COLUMN_TYPES, infer_column_type, resolve_column_types, to_label,
-                      value_problems)
+from .columns import (COLUMN_TYPES, infer_column_type, model_column_type,
+                      resolve_column_types, to_label, value_problems)
 from .compiled import column_types, compile_model, takes_columns
 from .deadline import Deadline
 from .ensemble import WeightedEnsemble, greedy_selection
@@ -33,7 +33,7 @@ __all__ = [
     "SearchResult", "TextStatsTransformer", "TrialResult", "build_pipeline",
     "build_preprocessor", "column_types", "columns_to_frame", "compile_model", "evaluate",
     "greater_is_better",
-    "infer_column_type", "load_model", "predict_frame", "resolve_column_types",
+    "infer_column_type", "load_model", "model_column_type", "predict_frame", "resolve_column_types",
     "prepare_trials", "quiet_warnings", "resolve_metric", "resolve_task", "rows_to_columns",
     "rows_to_frame",
     "run_search", "takes_columns", "save_model", "to_label",

@@ -217,13 +217,14 @@ def resolve_column_types(frame: pd.DataFrame, given: Mapping[str, str] | None,
     return {name: given.get(name) or model_column_type(frame[name]) for name in columns}
 
 
-def model_column_type(series: pd.Series) -> str:
+def model_column_type(series: pd.Series, profiled: str | None = None) -> str:
     """The type a model reads a column as when none is given: the profile's
-    (`infer_column_type`), except that numbers stay numeric. A column of numbers that
-    are all 0 or 1 in the training rows is a boolean in the profile, but a model that
-    takes it as one would refuse a 2 at prediction time (a digits pixel that was 0 or
-    1 in every training row), where it can take it as the number it is."""
-    inferred = infer_column_type(series)
+    (`profiled`, else `infer_column_type`), except that numbers stay numeric. A
+    column of numbers that are all 0 or 1 in the training rows is a boolean in the
+    profile, but a model that takes it as one would refuse a 2 at prediction time (a
+    digits pixel that was 0 or 1 in every training row), where it can take it as the
+    number it is."""
+    inferred = profiled or infer_column_type(series)
     if (inferred == BOOLEAN and pd.api.types.is_numeric_dtype(series.dtype)
             and not pd.api.types.is_bool_dtype(series.dtype)):
         return NUMERIC
