@@ -8,6 +8,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from nbml_server.domain.automl import (LEARNERS, Deadline, Learner, LearnerContext, SearchRequest,
                                        predict_frame, run_search)
+from nbml_server.domain.automl.search import prepare_trials
 from nbml_server.errors import InvalidArgument
 
 
@@ -290,3 +291,28 @@ def test_a_search_starts_from_the_initial_params():
     [trial] = result.trials
     assert trial.params["n_estimators"] == 7
     assert len(result.best.pipeline.named_steps["model"].estimators_) == 7
+
+
+def three_class_frame(n=150, seed=0):
+    frame = classification_frame(n, seed)
+    frame["label"] = np.where(frame["x1"] > 0.8, "high", frame["label"])
+    return frame
+
+
+def test_discriminant_analysis_is_searched_on_two_classes_only_when_named():
+    def searched(frame, families=None):
+        return set(prepare_trials(SearchRequest(frame, "label", families=families)).learners)
+
+    assert {"lda", "qda"} <= searched(three_class_frame())
+    assert not {"lda", "qda"} & searched(classification_frame())
+    assert searched(classification_frame(), ["qda", "logistic_regression"]) == {
+        "qda", "logistic_regression"}
+
+
+def test_discriminant_analysis_fits_classes_with_fewer_rows_than_columns():
+    frame = three_class_frame(60)  # ~20 rows a class; one-hot day columns: ~50 columns
+    result = run_search(SearchRequest(frame, "label", families=["lda", "qda"], max_trials=4,
+                                      ensemble=False))
+    assert [t.error for t in result.trials] == [None] * 4
+    proba = result.best.pipeline.predict_proba(frame.drop(columns=["label"]))
+    assert np.isfinite(proba).all() and np.allclose(proba.sum(axis=1), 1)

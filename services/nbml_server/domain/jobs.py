@@ -35,8 +35,9 @@ MIN_TRAINING_ROWS = 10
 # The model families a job may name (`automl.LEARNERS`; lightgbm and xgboost only where
 # their library is installed). Kept here so the trainer checks requests without
 # importing scikit-learn; a unit test keeps the two in step.
-MODEL_FAMILIES = ("logistic_regression", "ridge", "knn", "lightgbm", "hist_gradient_boosting",
-                  "xgboost", "extra_trees", "random_forest", "svm", "mlp")
+MODEL_FAMILIES = ("logistic_regression", "ridge", "lda", "qda", "knn", "lightgbm",
+                  "hist_gradient_boosting", "xgboost", "extra_trees", "random_forest", "svm",
+                  "mlp")
 
 
 def holdout_fraction_of(job: dict) -> float:

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import TransformedTargetRegressor
+from sklearn.discriminant_analysis import (LinearDiscriminantAnalysis,
+                                           QuadraticDiscriminantAnalysis)
 from sklearn.ensemble import (ExtraTreesClassifier, ExtraTreesRegressor,
                               HistGradientBoostingClassifier, HistGradientBoostingRegressor,
                               RandomForestClassifier, RandomForestRegressor)
@@ -77,6 +79,8 @@ class Learner:
     max_rows: int | None = None
     # Cost of a configuration relative to the default one (e.g. trees / 100).
     cost_factor: Callable[[Mapping[str, Any]], float] = field(default=_unit_cost)
+    # False: searched on two-class data only when the job names this family.
+    default_for_binary: bool = True
 
     def supports(self, task: str, n_rows: int) -> bool:
         return task in self.tasks and (self.max_rows is None or n_rows <= self.max_rows)
@@ -103,6 +107,35 @@ def _ridge_space(s: ParamSampler, ctx: LearnerContext) -> dict:
 
 def _ridge_build(p: Mapping[str, Any], ctx: LearnerContext):
     return Ridge(alpha=p["alpha"], random_state=ctx.seed)
+
+
+# ------------------------------------------------------------ discriminant analysis
+# Gaussian class models. With three classes or more they pay for themselves on small
+# data whose classes are near-Gaussian: over 20 random 75/25 splits, adding them to
+# logistic regression, SVM, extra trees and HGB and picking by 5-fold CV cut the test
+# log loss of wine from 0.065 to 0.024 and of iris from 0.092 to 0.059. On two classes
+# they did not (breast_cancer's ROC-AUC fell from 0.9950 to 0.9919, one-vs-rest wine and
+# iris were even or worse): there the CV picks them by luck, so two-class jobs search
+# them only when asked. Shrinkage keeps the covariance estimates sound when columns are
+# collinear (one-hot columns always are).
+
+def _lda_space(s: ParamSampler, ctx: LearnerContext) -> dict:
+    return {"shrinkage": s.float("shrinkage", 0.0, 1.0)}
+
+
+def _lda_build(p: Mapping[str, Any], ctx: LearnerContext):
+    return LinearDiscriminantAnalysis(solver="lsqr", shrinkage=p["shrinkage"])
+
+
+# QDA shrinks each class's covariance towards a multiple of the identity (the eigen
+# solver): unlike reg_param with the SVD solver, this also fits a class with fewer rows
+# than columns.
+def _qda_space(s: ParamSampler, ctx: LearnerContext) -> dict:
+    return {"shrinkage": s.float("shrinkage", 0.01, 1.0, log=True)}
+
+
+def _qda_build(p: Mapping[str, Any], ctx: LearnerContext):
+    return QuadraticDiscriminantAnalysis(solver="eigen", shrinkage=p["shrinkage"])
 
 
 # ---------------------------------------------------------------------------- k-NN
@@ -397,6 +430,12 @@ LEARNERS: dict[str, Learner] = _registry(
     Learner("ridge", frozenset({REGRESSION}), SCALED, 1.0,
             defaults=lambda ctx: [{"alpha": 1.0}, {"alpha": 10.0}],
             space=_ridge_space, build=_ridge_build),
+    Learner("lda", frozenset({CLASSIFICATION}), SCALED, 1.0,
+            defaults=lambda ctx: [{"shrinkage": 0.0}, {"shrinkage": 0.1}],
+            space=_lda_space, build=_lda_build, default_for_binary=False),
+    Learner("qda", frozenset({CLASSIFICATION}), SCALED, 1.0,
+            defaults=lambda ctx: [{"shrinkage": 0.05}, {"shrinkage": 0.3}],
+            space=_qda_space, build=_qda_build, default_for_binary=False),
     Learner("knn", BOTH, SCALED, 1.5, defaults=_knn_defaults, space=_knn_space,
             build=_knn_build, max_rows=LARGE_DATA_ROWS),
     *_if_importable("lightgbm", Learner(

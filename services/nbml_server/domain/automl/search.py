@@ -746,7 +746,7 @@ def build_pipeline(learner: Learner, params: Mapping[str, Any], ctx: LearnerCont
     ])
 
 
-def _select_learners(request: SearchRequest, task: str, n_rows: int,
+def _select_learners(request: SearchRequest, task: str, n_rows: int, n_classes: int,
                      registry: Mapping[str, Learner]) -> list[Learner]:
     if request.families is not None:
         unknown = [f for f in request.families if f not in registry]
@@ -754,8 +754,12 @@ def _select_learners(request: SearchRequest, task: str, n_rows: int,
             raise InvalidArgument.of(FAMILIES_FIELD, f"unknown model families: "
                                      f"{', '.join(unknown)}; known here: {', '.join(registry)}",
                                      reason="UNKNOWN_MODEL_FAMILY")
-    chosen = [l for l in registry.values()
-              if l.supports(task, n_rows) and (request.families is None or l.name in request.families)]
+    if request.families is None:
+        chosen = [l for l in registry.values() if l.supports(task, n_rows)
+                  and (l.default_for_binary or n_classes != 2)]
+    else:
+        chosen = [l for l in registry.values()
+                  if l.supports(task, n_rows) and l.name in request.families]
     if not chosen:
         families = ", ".join(request.families or registry)
         raise InvalidArgument.of(FAMILIES_FIELD, f"no model family can handle {task} on "
@@ -768,7 +772,8 @@ def prepare_trials(request: SearchRequest,
     """The rows, folds and model families every trial of this request runs on. The
     same request gives the same TrialData on any worker."""
     prep = prepare(request)
-    chosen = _select_learners(request, prep.task, len(prep.y), learners or LEARNERS)
+    chosen = _select_learners(request, prep.task, len(prep.y), len(prep.classes),
+                              learners or LEARNERS)
     return TrialData(prep, {l.name: l for l in chosen}, request.seed)
 
 
