@@ -33,6 +33,20 @@ def test_the_fit_finds_the_temperature_that_distorted_calibrated_probabilities(t
     assert log_loss(codes, scale(distorted, found)) <= log_loss(codes, distorted) + 1e-12
 
 
+def test_a_model_that_ranks_every_row_right_is_not_made_certain():
+    # Timid but always right (a heavily shrunk QDA on wine): without smoothing the fit
+    # runs to the boldest temperature allowed and one later miss costs ~ -log(1e-15).
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 3, size=133)
+    proba = np.full((133, 3), 0.25)
+    proba[np.arange(133), codes] = 0.5 + rng.uniform(0, 0.1, size=133)
+    proba /= proba.sum(axis=1, keepdims=True)
+    found = fit_temperature(proba, codes)
+    assert found < 1.0  # bolder: every row was right
+    miss = scale(np.array([[0.55, 0.3, 0.15]]), found)  # ranked wrong: the truth is class 1
+    assert log_loss([1], miss, labels=[0, 1, 2]) < 8  # 12.1 at the boldest temperature
+
+
 def test_scaling_keeps_each_row_s_most_probable_class_and_sums_to_one():
     logits, _ = labelled(n=200)
     proba = softmax(logits, axis=1)
