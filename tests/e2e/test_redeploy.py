@@ -1,10 +1,14 @@
 """Redeploying an endpoint (UpdateEndpoint) to another model under a stream of
-predictions: the new model serves from the switch on and not one request fails."""
+predictions: the new model serves from the switch on and not one request fails; a
+client that cached the old model's columns follows a redeploy made elsewhere."""
 
 import grpc
+import numpy as np
+import pandas as pd
 import pytest
 from google.protobuf import struct_pb2
 
+from nbml.client import Client
 from nbml.v1 import predictor_service_pb2 as pb, predictor_service_pb2_grpc
 
 from tests.e2e.background_calls import CallsInBackground
@@ -72,3 +76,32 @@ def test_update_endpoint_over_rest_and_its_errors(platform, alice, bob, trained)
     assert bad_mask.status_code == 400
     assert "feature_columns" in bad_mask.text
     assert alice.get_endpoint(endpoint).display_name == "after"
+
+
+def test_a_client_follows_a_redeploy_to_a_model_with_other_columns(
+        platform, alice, trained, breast_cancer_csv):
+    # Both models find their columns in the whole file: the classifier the 30
+    # measurements, the regressor of "mean radius" the other 29 and "target".
+    frame = pd.read_csv(breast_cancer_csv).head(3)
+    job = alice.train(trained["dataset"], "mean radius", budget_seconds=5,
+                      families=["ridge"], max_trials=2)
+    regressor = alice.wait_for_job(job.name.split("/")[-1]).best_model.split("/")[-1]
+    endpoint = alice.deploy(trained["model"], "columns change").name.split("/")[-1]
+    assert any(c.startswith("probability_") for c in alice.predict(endpoint, frame).columns)
+
+    # Redeployed by someone else: alice's client still holds the classifier's columns.
+    with Client(platform.address, token=alice.token) as colleague:
+        colleague.update_endpoint(endpoint, model_id=regressor)
+    radius = alice.predict(endpoint, frame)
+    assert alice.last_model == f"models/{regressor}"
+    assert list(radius.columns) == ["prediction"]
+    assert np.allclose(radius["prediction"].astype(float), frame["mean radius"], atol=1.0)
+
+    with Client(platform.address, token=alice.token) as colleague:
+        colleague.update_endpoint(endpoint, model_id=trained["model"])
+    streamed = list(alice.predict_stream(endpoint, [frame]))
+    assert len(streamed) == 1 and any(c.startswith("probability_") for c in streamed[0].columns)
+
+    # A frame that really lacks a column still gets the server's answer.
+    error = error_of(lambda: alice.predict(endpoint, frame.drop(columns=["mean radius"])))
+    assert (error.code, error.reason) == ("INVALID_ARGUMENT", "PREDICTION_COLUMNS_MISMATCH")

@@ -63,6 +63,8 @@ DEFAULT_SERVER = "localhost:8080"
 CHUNK_SIZE = 1 << 20          # upload chunk: 1 MiB
 PREDICT_BATCH_ROWS = 1000     # rows per Predict request
 PAGE_SIZE = 1000              # list page size (the server maximum)
+# The reason the predictor gives when a row's columns are not the model's.
+COLUMNS_MISMATCH = "PREDICTION_COLUMNS_MISMATCH"
 MAX_MESSAGE_BYTES = 64 << 20
 _REFRESH_MARGIN_SECONDS = 30
 
@@ -923,10 +925,26 @@ class Client:
         columns = self._feature_columns(endpoint, frame) if select_features else None
         predictions: list[Any] = []
         model = ""
+
+        def send(part: pd.DataFrame) -> predictor_service_pb2.PredictResponse:
+            return self._unary(self._predictor.Predict, predictor_service_pb2.PredictRequest(
+                endpoint=endpoint, rows=frame_to_structs(part, columns)))
+
         for start in range(0, len(frame), max(1, batch_rows)):
             part = frame.iloc[start:start + batch_rows]
-            resp = self._unary(self._predictor.Predict, predictor_service_pb2.PredictRequest(
-                endpoint=endpoint, rows=frame_to_structs(part, columns)))
+            try:
+                resp = send(part)
+            except NbmlError as exc:
+                # The feature columns are cached: someone may have redeployed the
+                # endpoint to a model with other columns since.
+                if not select_features or exc.reason != COLUMNS_MISMATCH:
+                    raise
+                self._endpoint_cache.pop(endpoint, None)
+                fresh = self._feature_columns(endpoint, frame)
+                if fresh == columns:
+                    raise
+                columns = fresh
+                resp = send(part)
             if len(resp.predictions) != len(part):
                 raise NbmlError("INTERNAL", f"the server returned {len(resp.predictions)} "
                                 f"predictions for {len(part)} rows", "PREDICTION_COUNT_MISMATCH")
@@ -968,7 +986,10 @@ class Client:
                 first = False
 
         if select_features:
-            self._endpoint_info(endpoint)  # fail early (and refresh tokens) before streaming
+            # Fresh, not cached: a stream cannot resend a frame when the endpoint was
+            # redeployed to a model with other columns. Fails early before streaming.
+            self._endpoint_cache.pop(endpoint, None)
+            self._endpoint_info(endpoint)
         self._refresh_if_expiring()
         call = self._predictor.StreamPredict(requests(), metadata=self._metadata(True))
         try:
