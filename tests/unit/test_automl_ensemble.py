@@ -154,9 +154,14 @@ def test_short_search_returns_valid_models_with_or_without_ensemble():
         out = predict_frame(model.pipeline, holdout_X, result.task)
         assert out["classes"] == result.classes
         np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0)
+    # Best cross-validated score first, unless a simple model was moved first (and
+    # says why); the ensemble, when offered, is the best of the rest.
+    rest = result.models[1:] if result.models[0].ranking_note else result.models
+    assert [m.cv_score for m in rest] == sorted((m.cv_score for m in rest), reverse=True)
+    assert all(not m.ranking_note for m in result.models[1:])
     if ensembles:
-        ensemble = result.models[0]
-        assert ensemble.family == "ensemble" and ensemble.trial_number == -1
+        ensemble = ensembles[0]
+        assert ensemble is rest[0] and ensemble.trial_number == -1
         assert ensemble.cv_score > max(t.cv_score for t in result.trials
                                        if t.cv_score is not None)
         members = ensemble.params["members"]

@@ -114,13 +114,16 @@ def test_short_search_on_mixed_data():
     assert result.train_rows == 144 - 29
 
     # Models: best trial of each family, best first, refit and usable (an ensemble
-    # of trials, when offered, comes first and beats them).
+    # of trials, when offered, beats them), unless a linear model within the noise of
+    # the winner was moved first (and says why).
     singles = [m for m in result.models if m.family != "ensemble"]
     assert 1 <= len(singles) <= 3 and len(result.models) - len(singles) <= 1
-    scores = [m.cv_score for m in result.models]
+    moved = result.models[0].ranking_note != ""
+    assert not moved or result.models[0].family == "logistic_regression"
+    scores = [m.cv_score for m in (result.models[1:] if moved else result.models)]
     assert scores == sorted(scores, reverse=True)
     assert len({m.family for m in singles}) == len(singles)
-    best = singles[0]
+    best = max(singles, key=lambda m: m.cv_score)
     assert best.cv_score == max(t.cv_score for t in scored)
     assert result.trials[best.trial_number].params == best.params
     out = predict_frame(best.pipeline, result.holdout_frame.drop(columns=["label"]),

@@ -487,6 +487,23 @@ def test_leaderboard_without_holdout_metrics():
     assert doc["models"][0]["holdout_metrics"] == {} and doc["models"][0]["cv_score"] == 0.9
     text = render.leaderboard_text(doc)
     assert "mdl_1" in text and "0.9000" in text and "no holdout metrics" in text
+    assert doc["models"][0]["ranking_note"] is None and "rank 1" not in text
+
+
+def test_a_ranking_note_is_shown_under_the_leaderboard_and_kept_in_json():
+    note = "ranked first, as the simplest model that is not clearly worse: ..."
+    entries = [evaluator_service_pb2.LeaderboardEntry(rank=rank, model=model) for rank, model in (
+        (1, evaluator_service_pb2.Model(name="models/mdl_1", family="ridge", cv_score=54.0,
+                                        best=True, ranking_note=note)),
+        (2, evaluator_service_pb2.Model(name="models/mdl_2", family="ensemble",
+                                        cv_score=52.7)))]
+    board = evaluator_service_pb2.Leaderboard(name="trainingJobs/job_1/leaderboard",
+                                              metric="rmse", entries=entries,
+                                              best_model="models/mdl_1")
+    doc = render.leaderboard_doc(board, "job_1")
+    assert [m["ranking_note"] for m in doc["models"]] == [note, None]
+    assert f"rank 1 (ridge): {note}" in render.leaderboard_text(doc)
+    assert render.model_doc(entries[0].model)["ranking_note"] == note
 
 
 # ------------------------------------------------------------------ credentials

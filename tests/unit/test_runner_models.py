@@ -11,6 +11,7 @@ from nbml_server.domain.automl import LEARNERS, FittedModel, LearnerContext, bui
 from nbml_server.domain.dataset_catalog import DatasetCatalog
 from nbml_server.domain.jobs import Jobs
 from nbml_server.domain.model_registry import ModelRegistry
+from nbml_server.evaluator.servicer import model_message
 from nbml_server.worker.runner import JobRunner
 
 TYPES = {"x": "numeric"}
@@ -49,3 +50,19 @@ def test_a_retried_attempt_replaces_the_models_of_the_interrupted_one(tmp_path):
     assert [m["model_id"] for m in models.list("usr_1", 0, "").rows] == sorted(second, reverse=True)
     artifacts = [k for k in blobs.list("users/usr_1/models/")]
     assert sorted(artifacts) == sorted(f"users/usr_1/models/{m}/model.skops" for m in second)
+
+
+def test_a_ranking_note_is_stored_with_the_model_and_served(tmp_path):
+    store, blobs = SqliteTableStore(tmp_path / "db.sqlite"), LocalBlobStore(tmp_path / "blobs")
+    models = ModelRegistry(store, blobs)
+    runner = JobRunner(Jobs(store), DatasetCatalog(store, blobs), models, NoEvents())
+    result = search_result()
+    result.models[0].ranking_note = "ranked first, as the simplest model ..."
+    ids = runner._store_models({"user_id": "usr_1", "job_id": "job_1", "target_column": "y"},
+                               result)
+
+    first, second = (models.get("usr_1", model_id) for model_id in ids)
+    assert model_message(first).ranking_note == "ranked first, as the simplest model ..."
+    assert model_message(second).ranking_note == ""
+    del first["ranking_note"]  # a model stored before the notes existed
+    assert model_message(first).ranking_note == ""

@@ -21,7 +21,9 @@ def model_message(model: dict) -> pb.Model:
         task=TASK_ENUMS[model["task"]], metric=model["metric"], cv_score=model["cv_score"],
         feature_columns=model["feature_columns"], target_column=model["target_column"],
         classes=model["classes"], create_time=timestamp(model["create_time"]),
-        best=model["best"])
+        best=model["best"],
+        # Models stored before ranking notes existed have none.
+        ranking_note=model.get("ranking_note", ""))
 
 
 def evaluation_message(model_id: str, evaluation: StoredEvaluation) -> pb.ModelEvaluation:

@@ -137,7 +137,7 @@ class JobRunner:
                 "cv_score": fitted.cv_score, "cv_score_std": fitted.cv_score_std,
                 "feature_columns": list(result.feature_columns),
                 "target_column": job["target_column"], "classes": list(result.classes or []),
-                "rank": rank, "best": rank == 1,
+                "rank": rank, "best": rank == 1, "ranking_note": fitted.ranking_note,
                 "holdout_key": holdout_key(user_id, job_id)},
                 automl.save_model(fitted.pipeline))
             model_ids.append(model_id)

@@ -821,17 +821,19 @@ class Client:
                            evaluator_service_pb2.GetLeaderboardRequest(name=name))
 
     def leaderboard_frame(self, job_id: str) -> pd.DataFrame:
-        """One row per model, best first: rank, model, family, cv_score, best, then one
-        column per holdout metric."""
+        """One row per model, best first: rank, model, family, cv_score, best,
+        ranking_note ("" unless the model ranks above one with a better cv_score),
+        then one column per holdout metric."""
         board = self.leaderboard(job_id)
         rows = []
         for entry in board.entries:
             row = {"rank": entry.rank, "model": resource_id(entry.model.name),
                    "family": entry.model.family, "cv_score": entry.model.cv_score,
-                   "best": entry.model.best or entry.model.name == board.best_model}
+                   "best": entry.model.best or entry.model.name == board.best_model,
+                   "ranking_note": entry.model.ranking_note}
             row.update(dict(sorted(entry.evaluation.metrics.items())))
             rows.append(row)
-        columns = ["rank", "model", "family", "cv_score", "best"]
+        columns = ["rank", "model", "family", "cv_score", "best", "ranking_note"]
         return pd.DataFrame(rows, columns=columns + sorted(
             {k for r in rows for k in r} - set(columns)))
 

@@ -31,6 +31,10 @@ them; members not refit yet are refit only when their estimated refit time fits,
 otherwise the candidates are restricted to the models already refit. The
 ensemble is offered (first in `SearchResult.models`, family "ensemble",
 trial_number -1) only when its cross-validated score beats the best single trial.
+
+Order: best cross-validated score first, except that the best linear model goes first
+when the winner's lead over it on the out-of-fold rows is not clear
+(`simplicity`; its FittedModel.ranking_note says so).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from .estimators import TemperatureScaled
 from .learners import LEARNERS, Learner, LearnerContext
 from .preparation import DATASET_FIELD, SearchRequest, prepare
 from .preprocessing import build_preprocessor
+from .simplicity import LEAD_IN_STANDARD_ERRORS, SIMPLE_FAMILIES, lead_in_standard_errors
 from .tasks import better, greater_is_better, sort_key
 from .transformers import SchemaCoercer
 from .trials import (InlineExecutor, TrialData, TrialExecutor, TrialOutcome, TrialSpec,
@@ -129,6 +134,8 @@ class FittedModel:
     cv_score_std: float | None
     pipeline: Pipeline | WeightedEnsemble
     trial_number: int  # -1 for the ensemble
+    # Why the model ranks above one with a better cv_score; empty when it does not.
+    ranking_note: str = ""
 
 
 @dataclass
@@ -244,6 +251,8 @@ class _Search:
         self.member_pipelines: dict[int, Pipeline] = {}
         # (candidates, counts) of the greedy selection, once made (`ensemble_plan`).
         self.plan: tuple[list[int], np.ndarray] | None = None
+        # The offered ensemble's out-of-fold predictions (scaled like its output).
+        self.ensemble_oof: np.ndarray | None = None
 
     # -- bookkeeping
 
@@ -656,9 +665,11 @@ class _Search:
         # temperature.
         temperature = (fit_temperature(blend, self.data.codes) if self.data.calibrates
                        else 1.0)
-        cv_score, cv_std = self.fold_scores(scale(blend, temperature))
+        blend = scale(blend, temperature)
+        cv_score, cv_std = self.fold_scores(blend)
         if cv_score is None or not better(cv_score, best_single, self.metric):
             return None
+        self.ensemble_oof = blend
         order = sorted(range(len(chosen)), key=lambda i: (-weights[i], chosen[i][0]))
         members = [{"family": trials[chosen[i][0]].family, "trial_number": int(chosen[i][0]),
                     "weight": round(float(weights[i]), 6)} for i in order]
@@ -667,6 +678,34 @@ class _Search:
                                     [float(weights[i]) for i in order], task=self.prep.task,
                                     temperature=temperature)
         return FittedModel(ENSEMBLE_FAMILY, params, cv_score, cv_std, pipeline, -1)
+
+    # -- order
+
+    def simple_first(self, models: list[FittedModel]) -> list[FittedModel]:
+        """`models` (best cv_score first), with the best simple one moved first when
+        the winner's lead over it on the out-of-fold rows is less than
+        LEAD_IN_STANDARD_ERRORS standard errors (`simplicity`). Unchanged when
+        either's out-of-fold predictions were not kept."""
+        winner = models[0] if models else None
+        simple = next((m for m in models if m.family in SIMPLE_FAMILIES), None)
+        if winner is None or simple is None or simple is winner:
+            return models
+        winner_oof = (self.ensemble_oof if winner.family == ENSEMBLE_FAMILY
+                      else self.oof.get(winner.trial_number))
+        simple_oof = self.oof.get(simple.trial_number)
+        if winner_oof is None or simple_oof is None:
+            return models
+        lead = lead_in_standard_errors(
+            self.metric, self.data.y, self.data.classes, winner_oof, simple_oof,
+            seed=self.request.seed)
+        if not lead < LEAD_IN_STANDARD_ERRORS:  # nan: the metric is undefined; keep
+            return models
+        note = (f"ranked first, as the simplest model that is not clearly worse: "
+                f"{winner.family}'s lead over it on the out-of-fold rows is "
+                f"{max(lead, 0.0):.1f} standard errors, less than "
+                f"{LEAD_IN_STANDARD_ERRORS:g}")
+        return ([dataclasses.replace(simple, ranking_note=note)]
+                + [m for m in models if m is not simple])
 
 
 def _with_temperature(params: dict[str, Any], temperature: float) -> dict[str, Any]:
@@ -825,6 +864,7 @@ def run_search(request: SearchRequest, *,
                 ensemble = None
             if ensemble is not None:
                 models.insert(0, ensemble)
+            models = search.simple_first(models)
             search.oof.clear()
             search.member_pipelines.clear()
             search.refit_seconds = deadline.elapsed() - search.search_seconds

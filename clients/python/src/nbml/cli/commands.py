@@ -331,6 +331,7 @@ def models_get(args: Namespace, out: Output) -> int:
              f"family:    {doc['family']}", f"task:      {doc['task'] or '-'}",
              f"target:    {doc['target']}", f"features:  {', '.join(doc['feature_columns'])}",
              f"cv {doc['metric'] or 'score'}: {render.fmt_score(doc['cv_score'])}",
+             *([f"ranking:   {doc['ranking_note']}"] if doc["ranking_note"] else []),
              f"params:    {', '.join(f'{k}={v}' for k, v in doc['params'].items()) or '-'}",
              f"holdout ({ev['holdout_rows']} rows): " + ", ".join(
                  f"{k} {render.fmt_score(v)}" for k, v in ev["metrics"].items())]

@@ -182,6 +182,7 @@ def leaderboard_doc(board: Any, job_id: str) -> dict[str, Any]:
                 "holdout_metrics": {k: num(v) for k, v in sorted(e.evaluation.metrics.items())},
                 "best": bool(e.model.best or (board.best_model
                                               and e.model.name == board.best_model)),
+                "ranking_note": e.model.ranking_note or None,
             }
             for e in board.entries
         ],
@@ -202,6 +203,7 @@ def model_doc(m: Any) -> dict[str, Any]:
         "target": m.target_column,
         "classes": list(m.classes),
         "best": m.best,
+        "ranking_note": m.ranking_note or None,
         "create_time": ts(m, "create_time"),
     }
 
@@ -265,6 +267,8 @@ def leaderboard_text(doc: dict[str, Any]) -> str:
              f"best model {doc['best_model'] or '-'}  "
              f"trials {len(doc['trials'])}" + (f" ({failed} failed)" if failed else "")]
     lines.append(table(headers, rows) if rows else "(no models)")
+    lines += [f"rank {m['rank']} ({m['family']}): {m['ranking_note']}"
+              for m in doc["models"] if m.get("ranking_note")]
     if rows and not metrics:
         lines.append("no holdout metrics (the job kept no holdout rows): "
                      "the scores are cross-validated")

@@ -30,7 +30,7 @@ from nbml.v1 import common_pb2 as nbml_dot_v1_dot_common__pb2
 from nbml.v1 import trainer_service_pb2 as nbml_dot_v1_dot_trainer__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnbml/v1/evaluator_service.proto\x12\x07nbml.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14nbml/v1/common.proto\x1a\x1dnbml/v1/trainer_service.proto\"\xdb\x02\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x0ctraining_job\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12*\n\x06params\x18\x04 \x03(\x0b\x32\x1a.nbml.v1.Model.ParamsEntry\x12\x1b\n\x04task\x18\x05 \x01(\x0e\x32\r.nbml.v1.Task\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x10\n\x08\x63v_score\x18\x07 \x01(\x01\x12\x17\n\x0f\x66\x65\x61ture_columns\x18\x08 \x03(\t\x12\x15\n\rtarget_column\x18\t \x01(\t\x12\x0f\n\x07\x63lasses\x18\n \x03(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x62\x65st\x18\x0c \x01(\x08\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x0f\x43onfusionMatrix\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\"O\n\x11\x46\x65\x61tureImportance\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x12\n\nimportance\x18\x02 \x01(\x01\x12\x16\n\x0eimportance_std\x18\x03 \x01(\x01\"\x8a\x02\n\x0fModelEvaluation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x07metrics\x18\x02 \x03(\x0b\x32%.nbml.v1.ModelEvaluation.MetricsEntry\x12\x32\n\x10\x63onfusion_matrix\x18\x03 \x01(\x0b\x32\x18.nbml.v1.ConfusionMatrix\x12\x37\n\x13\x66\x65\x61ture_importances\x18\x04 \x03(\x0b\x32\x1a.nbml.v1.FeatureImportance\x12\x14\n\x0choldout_rows\x18\x05 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"m\n\x10LeaderboardEntry\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x1d\n\x05model\x18\x02 \x01(\x0b\x32\x0e.nbml.v1.Model\x12,\n\nevaluation\x18\x03 \x01(\x0b\x32\x18.nbml.v1.ModelEvaluation\"\x8b\x01\n\x0bLeaderboard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12*\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x19.nbml.v1.LeaderboardEntry\x12\x12\n\nbest_model\x18\x04 \x01(\t\x12\x1e\n\x06trials\x18\x05 \x03(\x0b\x32\x0e.nbml.v1.Trial\"+\n\x15GetLeaderboardRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"%\n\x0fGetModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"*\n\x14\x44ownloadModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"P\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0ctraining_job\x18\x03 \x01(\t\"M\n\x12ListModelsResponse\x12\x1e\n\x06models\x18\x01 \x03(\x0b\x32\x0e.nbml.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19GetModelEvaluationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x32\xa1\x04\n\x10\x45valuatorService\x12u\n\x0eGetLeaderboard\x12\x1e.nbml.v1.GetLeaderboardRequest\x1a\x14.nbml.v1.Leaderboard\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/{name=trainingJobs/*/leaderboard}\x12Q\n\x08GetModel\x12\x18.nbml.v1.GetModelRequest\x1a\x0e.nbml.v1.Model\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=models/*}\x12Y\n\nListModels\x12\x1a.nbml.v1.ListModelsRequest\x1a\x1b.nbml.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12l\n\rDownloadModel\x12\x1d.nbml.v1.DownloadModelRequest\x1a\x14.google.api.HttpBody\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{name=models/*}:download0\x01\x12z\n\x12GetModelEvaluation\x12\".nbml.v1.GetModelEvaluationRequest\x1a\x18.nbml.v1.ModelEvaluation\"&\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=models/*/evaluation}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnbml/v1/evaluator_service.proto\x12\x07nbml.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14nbml/v1/common.proto\x1a\x1dnbml/v1/trainer_service.proto\"\xf1\x02\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x0ctraining_job\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12*\n\x06params\x18\x04 \x03(\x0b\x32\x1a.nbml.v1.Model.ParamsEntry\x12\x1b\n\x04task\x18\x05 \x01(\x0e\x32\r.nbml.v1.Task\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x10\n\x08\x63v_score\x18\x07 \x01(\x01\x12\x17\n\x0f\x66\x65\x61ture_columns\x18\x08 \x03(\t\x12\x15\n\rtarget_column\x18\t \x01(\t\x12\x0f\n\x07\x63lasses\x18\n \x03(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x62\x65st\x18\x0c \x01(\x08\x12\x14\n\x0cranking_note\x18\r \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x0f\x43onfusionMatrix\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\"O\n\x11\x46\x65\x61tureImportance\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x12\n\nimportance\x18\x02 \x01(\x01\x12\x16\n\x0eimportance_std\x18\x03 \x01(\x01\"\x8a\x02\n\x0fModelEvaluation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x07metrics\x18\x02 \x03(\x0b\x32%.nbml.v1.ModelEvaluation.MetricsEntry\x12\x32\n\x10\x63onfusion_matrix\x18\x03 \x01(\x0b\x32\x18.nbml.v1.ConfusionMatrix\x12\x37\n\x13\x66\x65\x61ture_importances\x18\x04 \x03(\x0b\x32\x1a.nbml.v1.FeatureImportance\x12\x14\n\x0choldout_rows\x18\x05 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"m\n\x10LeaderboardEntry\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x1d\n\x05model\x18\x02 \x01(\x0b\x32\x0e.nbml.v1.Model\x12,\n\nevaluation\x18\x03 \x01(\x0b\x32\x18.nbml.v1.ModelEvaluation\"\x8b\x01\n\x0bLeaderboard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12*\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x19.nbml.v1.LeaderboardEntry\x12\x12\n\nbest_model\x18\x04 \x01(\t\x12\x1e\n\x06trials\x18\x05 \x03(\x0b\x32\x0e.nbml.v1.Trial\"+\n\x15GetLeaderboardRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"%\n\x0fGetModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"*\n\x14\x44ownloadModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"P\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0ctraining_job\x18\x03 \x01(\t\"M\n\x12ListModelsResponse\x12\x1e\n\x06models\x18\x01 \x03(\x0b\x32\x0e.nbml.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19GetModelEvaluationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x32\xa1\x04\n\x10\x45valuatorService\x12u\n\x0eGetLeaderboard\x12\x1e.nbml.v1.GetLeaderboardRequest\x1a\x14.nbml.v1.Leaderboard\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/{name=trainingJobs/*/leaderboard}\x12Q\n\x08GetModel\x12\x18.nbml.v1.GetModelRequest\x1a\x0e.nbml.v1.Model\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=models/*}\x12Y\n\nListModels\x12\x1a.nbml.v1.ListModelsRequest\x1a\x1b.nbml.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12l\n\rDownloadModel\x12\x1d.nbml.v1.DownloadModelRequest\x1a\x14.google.api.HttpBody\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{name=models/*}:download0\x01\x12z\n\x12GetModelEvaluation\x12\".nbml.v1.GetModelEvaluationRequest\x1a\x18.nbml.v1.ModelEvaluation\"&\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=models/*/evaluation}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,33 +62,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALUATORSERVICE'].methods_by_name['GetModelEvaluation']._loaded_options = None
   _globals['_EVALUATORSERVICE'].methods_by_name['GetModelEvaluation']._serialized_options = b'\202\323\344\223\002 \022\036/v1/{name=models/*/evaluation}'
   _globals['_MODEL']._serialized_start=221
-  _globals['_MODEL']._serialized_end=568
-  _globals['_MODEL_PARAMSENTRY']._serialized_start=523
-  _globals['_MODEL_PARAMSENTRY']._serialized_end=568
-  _globals['_CONFUSIONMATRIX']._serialized_start=570
-  _globals['_CONFUSIONMATRIX']._serialized_end=619
-  _globals['_FEATUREIMPORTANCE']._serialized_start=621
-  _globals['_FEATUREIMPORTANCE']._serialized_end=700
-  _globals['_MODELEVALUATION']._serialized_start=703
-  _globals['_MODELEVALUATION']._serialized_end=969
-  _globals['_MODELEVALUATION_METRICSENTRY']._serialized_start=923
-  _globals['_MODELEVALUATION_METRICSENTRY']._serialized_end=969
-  _globals['_LEADERBOARDENTRY']._serialized_start=971
-  _globals['_LEADERBOARDENTRY']._serialized_end=1080
-  _globals['_LEADERBOARD']._serialized_start=1083
-  _globals['_LEADERBOARD']._serialized_end=1222
-  _globals['_GETLEADERBOARDREQUEST']._serialized_start=1224
-  _globals['_GETLEADERBOARDREQUEST']._serialized_end=1267
-  _globals['_GETMODELREQUEST']._serialized_start=1269
-  _globals['_GETMODELREQUEST']._serialized_end=1306
-  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1308
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1350
-  _globals['_LISTMODELSREQUEST']._serialized_start=1352
-  _globals['_LISTMODELSREQUEST']._serialized_end=1432
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1434
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1511
-  _globals['_GETMODELEVALUATIONREQUEST']._serialized_start=1513
-  _globals['_GETMODELEVALUATIONREQUEST']._serialized_end=1560
-  _globals['_EVALUATORSERVICE']._serialized_start=1563
-  _globals['_EVALUATORSERVICE']._serialized_end=2108
+  _globals['_MODEL']._serialized_end=590
+  _globals['_MODEL_PARAMSENTRY']._serialized_start=545
+  _globals['_MODEL_PARAMSENTRY']._serialized_end=590
+  _globals['_CONFUSIONMATRIX']._serialized_start=592
+  _globals['_CONFUSIONMATRIX']._serialized_end=641
+  _globals['_FEATUREIMPORTANCE']._serialized_start=643
+  _globals['_FEATUREIMPORTANCE']._serialized_end=722
+  _globals['_MODELEVALUATION']._serialized_start=725
+  _globals['_MODELEVALUATION']._serialized_end=991
+  _globals['_MODELEVALUATION_METRICSENTRY']._serialized_start=945
+  _globals['_MODELEVALUATION_METRICSENTRY']._serialized_end=991
+  _globals['_LEADERBOARDENTRY']._serialized_start=993
+  _globals['_LEADERBOARDENTRY']._serialized_end=1102
+  _globals['_LEADERBOARD']._serialized_start=1105
+  _globals['_LEADERBOARD']._serialized_end=1244
+  _globals['_GETLEADERBOARDREQUEST']._serialized_start=1246
+  _globals['_GETLEADERBOARDREQUEST']._serialized_end=1289
+  _globals['_GETMODELREQUEST']._serialized_start=1291
+  _globals['_GETMODELREQUEST']._serialized_end=1328
+  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1330
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1372
+  _globals['_LISTMODELSREQUEST']._serialized_start=1374
+  _globals['_LISTMODELSREQUEST']._serialized_end=1454
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1456
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1533
+  _globals['_GETMODELEVALUATIONREQUEST']._serialized_start=1535
+  _globals['_GETMODELEVALUATIONREQUEST']._serialized_end=1582
+  _globals['_EVALUATORSERVICE']._serialized_start=1585
+  _globals['_EVALUATORSERVICE']._serialized_end=2130
 # @@protoc_insertion_point(module_scope)

@@ -15,7 +15,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Model(_message.Message):
-    __slots__ = ("name", "training_job", "family", "params", "task", "metric", "cv_score", "feature_columns", "target_column", "classes", "create_time", "best")
+    __slots__ = ("name", "training_job", "family", "params", "task", "metric", "cv_score", "feature_columns", "target_column", "classes", "create_time", "best", "ranking_note")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Model(_message.Message):
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     BEST_FIELD_NUMBER: _ClassVar[int]
+    RANKING_NOTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     training_job: str
     family: str
@@ -47,7 +48,8 @@ class Model(_message.Message):
     classes: _containers.RepeatedScalarFieldContainer[str]
     create_time: _timestamp_pb2.Timestamp
     best: bool
-    def __init__(self, name: _Optional[str] = ..., training_job: _Optional[str] = ..., family: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., metric: _Optional[str] = ..., cv_score: _Optional[float] = ..., feature_columns: _Optional[_Iterable[str]] = ..., target_column: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best: _Optional[bool] = ...) -> None: ...
+    ranking_note: str
+    def __init__(self, name: _Optional[str] = ..., training_job: _Optional[str] = ..., family: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., metric: _Optional[str] = ..., cv_score: _Optional[float] = ..., feature_columns: _Optional[_Iterable[str]] = ..., target_column: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best: _Optional[bool] = ..., ranking_note: _Optional[str] = ...) -> None: ...
 
 class ConfusionMatrix(_message.Message):
     __slots__ = ("labels", "counts")
