@@ -9,6 +9,7 @@ import pytest
 
 from nbml_server.domain.automl import SearchRequest, run_search, trials
 from nbml_server.domain.automl.simplicity import LEAD_IN_STANDARD_ERRORS, lead_in_standard_errors
+from tests.unit.instant_executor import InstantExecutor
 
 
 def test_a_lead_of_a_few_rows_is_noise_and_a_lead_on_every_row_is_not():
@@ -49,24 +50,15 @@ def regression_frame(n=400, seed=0):
     return data
 
 
-class OutOfFoldExecutor:
+class OutOfFoldExecutor(InstantExecutor):
     """Answers at once: knn scores 1.00 (RMSE) on every fold and ridge `ridge_score`;
     their out-of-fold predictions are the target plus the same errors, except that
     ridge's are larger on the rows `ridge_worse_on` (so blending them helps nothing)."""
 
-    capacity = 1
-
     def __init__(self, data, ridge_score, ridge_worse_on):
-        self.data, self.ridge_score, self.worse_on = data, ridge_score, ridge_worse_on
+        super().__init__(data)
+        self.ridge_score, self.worse_on = ridge_score, ridge_worse_on
         self.errors = np.random.default_rng(7).normal(size=len(data.y))
-        self.pending = []
-
-    def submit(self, spec):
-        self.pending.append(spec)
-
-    def collect(self, timeout_seconds):
-        pending, self.pending = self.pending, []
-        return [self.outcome(spec) for spec in pending]
 
     def outcome(self, spec):
         y = np.asarray(self.data.y, dtype=np.float64)
@@ -77,9 +69,6 @@ class OutOfFoldExecutor:
         return trials.TrialOutcome(spec.key, spec.rung, spec.family, dict(spec.params),
                                    [score] * 5, 0.01,
                                    oof=y + errors if spec.keep_oof else None)
-
-    def close(self):
-        pass
 
 
 def search(ridge_score, ridge_worse_on):

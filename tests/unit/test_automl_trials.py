@@ -9,6 +9,7 @@ import pandas as pd
 
 from nbml_server.domain.automl import SearchRequest, prepare_trials, run_search, trials
 from nbml_server.domain.automl.trials import Rung, TrialSpec, rungs_for
+from tests.unit.instant_executor import InstantExecutor
 
 
 def frame(n, seed=0):
@@ -139,28 +140,19 @@ def test_a_trial_whose_outcome_never_comes_is_recorded_as_failed(monkeypatch):
     assert result.search_seconds < 4 * 1.1 + 1
 
 
-class ScriptedExecutor:
+class ScriptedExecutor(InstantExecutor):
     """Answers every spec at once with a fixed score per family; `slow` families
     report a fit time that leaves no room for their next rung."""
 
-    capacity = 1
-
     def __init__(self, data, scores, slow=()):
-        self.data, self.scores, self.slow = data, scores, set(slow)
-        self.pending = []
+        super().__init__(data)
+        self.scores, self.slow = scores, set(slow)
 
-    def submit(self, spec):
-        self.pending.append(spec)
-
-    def collect(self, timeout_seconds):
-        pending, self.pending = self.pending, []
-        return [trials.TrialOutcome(
-            s.key, s.rung, s.family, dict(s.params),
-            [self.scores[s.family]] * self.data.rungs[s.rung].folds,
-            1_000.0 if s.family in self.slow else 0.01) for s in pending]
-
-    def close(self):
-        pass
+    def outcome(self, spec):
+        return trials.TrialOutcome(
+            spec.key, spec.rung, spec.family, dict(spec.params),
+            [self.scores[spec.family]] * self.data.rungs[spec.rung].folds,
+            1_000.0 if spec.family in self.slow else 0.01)
 
 
 def test_a_family_that_never_reached_the_full_rung_stands_in_with_its_partial_score(monkeypatch):
@@ -175,22 +167,10 @@ def test_a_family_that_never_reached_the_full_rung_stands_in_with_its_partial_sc
     assert result.best.family == "knn" and result.best.cv_score == 0.9
 
 
-class ComplementaryExecutor:
+class ComplementaryExecutor(InstantExecutor):
     """Trial 0 is sure of the first half of the rows and unsure of the rest; every
     later trial the other way round (and scores a little lower): the best ensemble
     needs trial 0 and a trial that is not its family's best."""
-
-    capacity = 1
-
-    def __init__(self, data):
-        self.data, self.pending = data, []
-
-    def submit(self, spec):
-        self.pending.append(spec)
-
-    def collect(self, timeout_seconds):
-        pending, self.pending = self.pending, []
-        return [self.outcome(spec) for spec in pending]
 
     def outcome(self, spec):
         y, classes = self.data.y, list(self.data.classes)
@@ -203,9 +183,6 @@ class ComplementaryExecutor:
         score = 0.8 if spec.key == 0 else 0.79
         return trials.TrialOutcome(spec.key, spec.rung, spec.family, dict(spec.params),
                                    [score] * 5, 0.01, oof=oof if spec.keep_oof else None)
-
-    def close(self):
-        pass
 
 
 def test_an_ensemble_member_that_is_not_its_family_best_is_refit_but_not_listed():
