@@ -1,4 +1,4 @@
-"""AutoML: a linear model ranks first when the winner's lead over it is within the noise
+"""AutoML: a simple model ranks first when the winner's lead over it is within the noise
 of the out-of-fold rows (`simplicity`), and only then."""
 
 import math
@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from nbml_server.domain.automl import SearchRequest, run_search, trials
+from nbml_server.domain.automl import search as search_module
 from nbml_server.domain.automl.simplicity import LEAD_IN_STANDARD_ERRORS, lead_in_standard_errors
 from tests.unit.instant_executor import InstantExecutor
 
@@ -71,8 +72,8 @@ class OutOfFoldExecutor(InstantExecutor):
                                    oof=y + errors if spec.keep_oof else None)
 
 
-def search(ridge_score, ridge_worse_on):
-    request = SearchRequest(regression_frame(), "y", budget_seconds=60, max_trials=2,
+def search(ridge_score, ridge_worse_on, max_trials=2):
+    request = SearchRequest(regression_frame(), "y", budget_seconds=60, max_trials=max_trials,
                             families=["ridge", "knn"], holdout_fraction=0.0)
     return run_search(request, executor=lambda data, stop: OutOfFoldExecutor(
         data, ridge_score, ridge_worse_on))
@@ -92,3 +93,11 @@ def test_the_winner_stays_first_when_its_lead_is_on_every_row():
     result = search(ridge_score=1.5, ridge_worse_on=slice(None))
     assert [m.family for m in result.models] == ["knn", "ridge"]
     assert not any(m.ranking_note for m in result.models)
+
+
+def test_ridge_is_compared_even_when_knn_trials_crowd_it_out_of_the_ensemble_pool(monkeypatch):
+    monkeypatch.setattr(search_module, "ENSEMBLE_CANDIDATES", 2)
+    result = search(ridge_score=1.01, ridge_worse_on=slice(0, 3), max_trials=6)
+    assert sum(t.family == "knn" for t in result.trials) >= 2  # the pool holds knn only
+    assert [m.family for m in result.models] == ["ridge", "knn"]
+    assert "knn" in result.models[0].ranking_note

@@ -32,9 +32,11 @@ otherwise the candidates are restricted to the models already refit. The
 ensemble is offered (first in `SearchResult.models`, family "ensemble",
 trial_number -1) only when its cross-validated score beats the best single trial.
 
-Order: best cross-validated score first, except that the best linear model goes first
-when the winner's lead over it on the out-of-fold rows is not clear
-(`simplicity`; its FittedModel.ranking_note says so).
+Order: best cross-validated score first, except that the best simple model (ridge,
+logistic regression, LDA, QDA) goes first when the winner's lead over it on the
+out-of-fold rows is not clear (`simplicity`; its FittedModel.ranking_note says so).
+Each simple family's best out-of-fold predictions are kept for that comparison even
+when other trials crowd them out of the ensemble's candidates.
 """
 
 from __future__ import annotations
@@ -247,6 +249,9 @@ class _Search:
         capacity = min(ENSEMBLE_CANDIDATES, OOF_MEMORY_BYTES // per_trial)
         self.oof_capacity = capacity if request.ensemble and capacity >= 2 else 0
         self.oof: dict[int, np.ndarray] = {}
+        # The best trial of each simple family, kept beside `oof` when crowded out of it
+        # (`simple_first` compares the winner with it): family -> (trial number, oof).
+        self.simple_oof: dict[str, tuple[int, np.ndarray]] = {}
         # Ensemble members refit that are not their family's best trial (see `refit`).
         self.member_pipelines: dict[int, Pipeline] = {}
         # (candidates, counts) of the greedy selection, once made (`ensemble_plan`).
@@ -318,6 +323,10 @@ class _Search:
         `oof_capacity` ones."""
         if oof is None or not self.oof_capacity or trial.cv_score is None or trial.folds < self.k:
             return
+        if trial.family in SIMPLE_FAMILIES:
+            kept = self.simple_oof.get(trial.family)
+            if kept is None or better(trial.cv_score, self.trials[kept[0]].cv_score, self.metric):
+                self.simple_oof[trial.family] = (trial.number, oof)
         self.oof[trial.number] = oof
         if len(self.oof) > self.oof_capacity:
             scores = {t.number: t.cv_score for t in self.trials if t.number in self.oof}
@@ -692,7 +701,8 @@ class _Search:
             return models
         winner_oof = (self.ensemble_oof if winner.family == ENSEMBLE_FAMILY
                       else self.oof.get(winner.trial_number))
-        simple_oof = self.oof.get(simple.trial_number)
+        kept_number, kept_oof = self.simple_oof.get(simple.family, (None, None))
+        simple_oof = kept_oof if kept_number == simple.trial_number else None
         if winner_oof is None or simple_oof is None:
             return models
         lead = lead_in_standard_errors(
@@ -866,6 +876,7 @@ def run_search(request: SearchRequest, *,
                 models.insert(0, ensemble)
             models = search.simple_first(models)
             search.oof.clear()
+            search.simple_oof.clear()
             search.member_pipelines.clear()
             search.refit_seconds = deadline.elapsed() - search.search_seconds
     search.progress(STAGE_DONE)

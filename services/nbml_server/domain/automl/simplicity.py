@@ -1,14 +1,24 @@
-"""Whether the search's winner beats the best linear model clearly enough to be
+"""Whether the search's winner beats the best simple model clearly enough to be
 preferred to it.
 
 The winner is the best of hundreds of trials (or a blend of them fitted to the same
 out-of-fold rows), so part of its cross-validated lead over any one model is luck of
 the rows: the winner's curse. On a few hundred rows that luck can be larger than the
-real difference; a linear model, fitted with few knobs, is not flattered the same way.
-So the search ranks its best linear model first unless the winner's lead over it on the
+real difference. A simple model - one regularisation knob, fitted in closed form or by a
+convex fit: ridge, logistic regression, the Gaussian class models LDA and QDA - is not
+flattered the same way: its trials differ by that one knob and score almost alike. So
+the search ranks its best simple model first unless the winner's lead over it on the
 out-of-fold rows is at least LEAD_IN_STANDARD_ERRORS standard errors (measured by a
 paired bootstrap of the rows). On thousands of rows real leads are many standard errors
 and the winner stays first.
+
+QDA counts as simple since, without it, LDA was often the model compared on three
+classes, and on wine a winning QDA (out-of-fold log loss 0.025) led LDA (0.071) by less
+than 3 standard errors - the lead sits on a handful of rows LDA gets confidently wrong -
+so LDA was ranked first and lost on the test rows (0.018 against 0.003). Over 16 random
+75/25 splits at 20 s, with each simple family's best out-of-fold predictions kept for
+the comparison: mean test log loss of the pick, wine 0.0619 (by CV alone) -> 0.0573,
+iris 0.0726 -> 0.0709; without QDA among them wine's median went from 0.0222 to 0.0288.
 """
 
 from __future__ import annotations
@@ -20,8 +30,8 @@ import numpy as np
 
 from .tasks import fixed_target_scorer, greater_is_better
 
-# Families that count as simple: linear models with one or two knobs.
-SIMPLE_FAMILIES = frozenset({"ridge", "logistic_regression", "lda"})
+# Families that count as simple (module docstring).
+SIMPLE_FAMILIES = frozenset({"ridge", "logistic_regression", "lda", "qda"})
 # About a one-sided 5 % test corrected for the ~30 candidates the winner was chosen
 # among (Bonferroni: z at 0.05 / 30 is 2.9).
 LEAD_IN_STANDARD_ERRORS = 3.0
