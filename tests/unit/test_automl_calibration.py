@@ -9,7 +9,7 @@ from sklearn.metrics import log_loss
 
 from nbml_server.domain.automl import (LEARNERS, LearnerContext, SearchRequest, build_pipeline,
                                        load_model, prepare_trials, run_search, save_model)
-from nbml_server.domain.automl.calibration import fit_temperature, scale
+from nbml_server.domain.automl.calibration import MIN_GAIN_NATS, fit_temperature, scale
 from nbml_server.domain.automl.estimators import TemperatureScaled
 from nbml_server.domain.automl.trials import TrialSpec
 
@@ -120,3 +120,18 @@ def test_a_log_loss_search_deploys_models_with_their_trial_s_temperature():
         else:
             assert step.temperature == temperature
             assert model.params["temperature"] == pytest.approx(temperature, abs=1e-6)
+
+
+def test_a_temperature_is_kept_only_when_it_gains_more_than_chance_on_these_rows():
+    # Overconfident probabilities: on 4,000 rows scaling gains hundreds of nats and is
+    # kept; on 40 rows (the same distortion) it gains under a nat, less than one parameter
+    # fitted to the rows it is scored on gains by chance, and is not.
+    logits, codes = labelled(classes=3)
+    overconfident = softmax(logits / 0.8, axis=1)
+    assert fit_temperature(overconfident, codes) == pytest.approx(1 / 0.8, rel=0.1)
+    few_proba, few_codes = overconfident[:40], codes[:40]
+    assert fit_temperature(few_proba, few_codes) == 1.0
+    best_scaled = min(log_loss(few_codes, scale(few_proba, t), labels=[0, 1, 2])
+                      for t in np.linspace(0.5, 2.0, 151))
+    gain = 40 * (log_loss(few_codes, few_proba, labels=[0, 1, 2]) - best_scaled)
+    assert 0 < gain < MIN_GAIN_NATS  # it would have helped a little, on these rows

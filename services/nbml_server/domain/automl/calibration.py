@@ -19,6 +19,16 @@ a whole miss (1) 0.052 / 0.141 (too timid); per family, wine QDA 0.047 -> 0.031,
 ExtraTrees 0.046 -> 0.038, LDA 0.022 -> 0.023. On digits (1347 rows) nothing moved.
 Through the whole search, splits 0-8: wine 0.364 -> 0.059 mean test log loss, iris
 0.101 -> 0.067.
+
+And only when it clearly helps: the temperature is one more parameter fitted to the rows
+it is then scored on, so it always looks a little better there (about one nat of log
+likelihood in all, as AIC counts). It is kept only when it gains at least
+MIN_GAIN_NATS over all rows - a likelihood-ratio test at 5 % - else the trial keeps its
+own probabilities. On iris (112 rows) LDA's out-of-fold log loss fell 0.083 -> 0.079
+at T = 1.44, a gain of 0.4 nats, and its test log loss rose 0.023 -> 0.033. Through the
+whole search at 20 s, random splits 0-15, mean (median) test log loss of the pick: iris
+0.0726 (0.0688) -> 0.0621 (0.0680), wine 0.0619 (0.0221) -> 0.0309 (0.0211); digits
+(1347 rows, gains of hundreds of nats; splits 0-2) 0.0410 -> 0.0410.
 """
 
 from __future__ import annotations
@@ -33,6 +43,9 @@ SMOOTHING = 1 / 16  # share of a pseudo-miss per n + 2 rows (module docstring)
 # The fit looks at most this many rows (a random subset beyond): a few dozen passes
 # over the probabilities must stay cheap next to the trial's own fits.
 FIT_ROWS = 50_000
+# Scaling must lower the summed log loss by this much to be kept: half the 5 % point of a
+# chi-square with one degree of freedom (3.84 / 2), the likelihood-ratio test of T = 1.
+MIN_GAIN_NATS = 1.92
 # Probabilities are clipped here before their logarithm, as the log loss clips them.
 EPS = 1e-15
 
@@ -52,7 +65,7 @@ def scale(proba: np.ndarray, temperature: float) -> np.ndarray:
 def fit_temperature(proba: np.ndarray, codes: np.ndarray, seed: int = 0) -> float:
     """The temperature in [MIN_TEMPERATURE, MAX_TEMPERATURE] that minimises the log loss
     of `proba` against class indices `codes`, smoothed (module docstring); 1.0 when
-    scaling does not help."""
+    scaling gains less than MIN_GAIN_NATS over the rows."""
     if len(codes) > FIT_ROWS:
         picked = np.random.default_rng(seed).choice(len(codes), FIT_ROWS, replace=False)
         proba, codes = proba[picked], codes[picked]
@@ -67,6 +80,8 @@ def fit_temperature(proba: np.ndarray, codes: np.ndarray, seed: int = 0) -> floa
 
     found = minimize_scalar(loss, bounds=(np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)),
                             method="bounded", options={"xatol": 1e-3})
-    if not (found.success and np.isfinite(found.fun)) or found.fun >= loss(0.0):
+    if not (found.success and np.isfinite(found.fun)):
+        return 1.0
+    if len(codes) * (loss(0.0) - found.fun) < MIN_GAIN_NATS:
         return 1.0
     return float(np.exp(found.x))
