@@ -114,7 +114,7 @@ def test_short_search_on_mixed_data():
     assert result.train_rows == 144 - 29
 
     # Models: best trial of each family, best first, refit and usable (an ensemble
-    # of trials, when offered, beats them), unless a linear model within the noise of
+    # of trials, when offered, beats them), unless a simple model within the noise of
     # the winner was moved first (and says why).
     singles = [m for m in result.models if m.family != "ensemble"]
     assert 1 <= len(singles) <= 3 and len(result.models) - len(singles) <= 1
