@@ -4,9 +4,10 @@ preferred to it.
 The winner is the best of hundreds of trials (or a blend of them fitted to the same
 out-of-fold rows), so part of its cross-validated lead over any one model is luck of
 the rows: the winner's curse. On a few hundred rows that luck can be larger than the
-real difference. A simple model - one regularisation knob, fitted in closed form or by a
-convex fit: ridge, logistic regression, the Gaussian class models LDA and QDA - is not
-flattered the same way: its trials differ by that one knob and score almost alike. So
+real difference. A simple model - a regularisation knob (logistic regression also
+weighs classes or not), fitted in closed form or by a convex fit: ridge, logistic
+regression, the Gaussian class models LDA and QDA - is not flattered the same way: its
+trials differ by that knob and score almost alike. So
 the search ranks its best simple model first unless the winner's lead over it on the
 out-of-fold rows is at least LEAD_IN_STANDARD_ERRORS standard errors (measured by a
 paired bootstrap of the rows). On thousands of rows real leads are many standard errors
