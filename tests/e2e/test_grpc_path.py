@@ -151,12 +151,18 @@ def test_cancel_a_running_job(alice, trained):
     job = alice.train(trained["dataset"], "target", budget_seconds=300)
     job_id = job.name.split("/")[-1]
     for update in alice.watch_job(job_id):
-        if update.state == trainer_service_pb2.JOB_STATE_RUNNING:
+        if update.progress.trials_completed >= 2:
             break
     alice.cancel_job(job_id)
     final = alice.wait_for_job(job_id)
     assert final.state == trainer_service_pb2.JOB_STATE_CANCELLED
     assert final.progress.stage == "cancelled"
+    # The job keeps its best finished trial as its one model.
+    assert final.resolved_metric == "roc_auc"
+    best = max((t for t in alice.trials(job_id) if not t.error), key=lambda t: t.cv_score)
+    [model] = alice.models(job_id)
+    assert (model.family, model.cv_score) == (best.family, best.cv_score)
+    assert final.best_model == model.name
 
 
 def test_parquet_upload_and_profile(alice):

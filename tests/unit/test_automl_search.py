@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from nbml_server.domain.automl import (LEARNERS, Deadline, Learner, LearnerContext, SearchRequest,
                                        predict_frame, run_search)
 from nbml_server.domain.automl.search import prepare_trials
+from nbml_server.domain.automl.tasks import sort_key
 from nbml_server.errors import InvalidArgument
 
 
@@ -177,7 +178,10 @@ def test_should_stop_between_trials():
         on_trial=on_trial, should_stop=lambda: len(calls) >= 2)
     assert len(result.trials) == 2
     assert result.stopped_early and result.stop_reason == "cancelled"
-    assert {m.family for m in result.models} == {"logistic_regression", "knn"}
+    # The best finished trial becomes the job's one model; no time goes to the others.
+    best = min((t for t in result.trials if t.cv_score is not None),
+               key=lambda t: sort_key(t.cv_score, result.metric))
+    assert [(m.family, m.trial_number) for m in result.models] == [(best.family, best.number)]
 
 
 def test_should_stop_between_folds_abandons_the_trial():

@@ -574,9 +574,10 @@ class _Search:
         all rows, in rank order. The best always; then, while time allows, the members
         of the planned ensemble before the other families - the ensemble is often the
         best model, and it is lost when a member misses the time. Members that are not
-        their family's best are kept apart (`member_pipelines`), not returned."""
+        their family's best are kept apart (`member_pipelines`), not returned. A
+        cancelled search refits its best trial alone: the user asked it to stop."""
         hard_limit = self.hard_limit()
-        ranked = self.ranked_families()[:MAX_REFIT_MODELS]
+        ranked = self.ranked_families()[:1 if self.cancelled else MAX_REFIT_MODELS]
         trials = {t.number: t for t in self.trials}
         order = ranked[:1] + [trials[n] for n in self.planned_members()] + ranked[1:]
         family_bests = {t.number for t in ranked}
