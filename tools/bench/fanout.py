@@ -20,9 +20,19 @@ Each worker runs `--runners` trial runners (NBML_TRIAL_RUNNERS; 1 by default, so
 numbers measure workers; the platform's own default is one per core).
 
 `--inline` adds a run with one worker and NBML_TRIAL_FANOUT=false (the trials in the
-coordinator's thread, no bus): the fan-out's own cost. The numbers depend on the
-machine's cores and load (the script prints the load average): two workers cannot beat
-one by much on a machine with two busy cores.
+coordinator's thread, no bus): the fan-out's own cost.
+
+Cancellation (each fan-out run, unless `--no-cancel`): a second job with a long budget
+is cancelled once it has finished `--cancel-after` trials, and the script reports, from
+the cancel request: when the job's search stopped (its "refitting" stage, where the
+watch stream shows it), when the job was CANCELLED (after refitting the best trial
+found, which the job keeps), and when the last trial still running on a runner sent
+its outcome (an observer reads the outcomes topic in a consumer group of its own for
+`CANCEL_WINDOW_SECONDS` after the cancel; a trial still running at the window's end is
+not seen, which the window's length makes news).
+
+The numbers depend on the machine's cores and load (the script prints the load
+average): two workers cannot beat one by much on a machine with two busy cores.
 """
 
 from __future__ import annotations
@@ -33,15 +43,32 @@ import logging
 import os
 import pathlib
 import tempfile
+import threading
 import time
+import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from . import suite
 
 log = logging.getLogger("bench.fanout")
 PASSWORD = "bench password, long enough"
 READY_SECONDS = 120.0
+CANCEL_BUDGET_SECONDS = 600  # long enough that only the cancel ends the job
+CANCEL_WINDOW_SECONDS = 10.0  # how long after a cancel trial outcomes are watched for
+
+
+@dataclass
+class Cancellation:
+    """Seconds from the cancel request (None: not seen)."""
+    trials_before: int = 0
+    search_stopped: float | None = None
+    job_cancelled: float | None = None
+    last_outcome: float | None = None
+    outcomes_after: int = 0  # outcomes of trials still running at the cancel
+    stopped_by_cancel: int = 0  # of those, cut short by it
+    state: str = ""
+    models: int = 0
 
 
 @dataclass
@@ -56,6 +83,7 @@ class Run:
     state: str = ""
     by_worker: dict[str, int] = field(default_factory=dict)
     fit_seconds: float = 0.0  # summed over the trials
+    cancellation: Cancellation | None = None
 
     @property
     def runners(self) -> int:
@@ -89,8 +117,88 @@ def wait_for_runners(bus_uri: str, runners: int) -> float:
     return time.monotonic() - started
 
 
+class OutcomeObserver:
+    """Reads every trial outcome of one job off the bus as it arrives, in a consumer
+    group of its own (the coordinator's and the runners' groups are untouched)."""
+
+    def __init__(self, bus_uri: str):
+        from nbml_server.adapters.registry import open_event_bus
+        from nbml_server.ports.event_bus import TRIAL_OUTCOMES_TOPIC
+
+        self.bus = open_event_bus(bus_uri)
+        self.group = f"bench-outcomes-{uuid.uuid4().hex[:8]}"
+        self.topic = TRIAL_OUTCOMES_TOPIC
+        self.subscription = self.bus.subscribe(self.topic, self.group)
+        self.job_name = ""
+        self.seen: list[tuple[float, str]] = []  # (monotonic arrival, error) of the job's
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        from nbml.v1 import events_pb2
+
+        while not self._stop.is_set():
+            for message in self.subscription.poll(0.2, max_messages=100):
+                outcome = events_pb2.TrialOutcome.FromString(message.value)
+                if outcome.training_job == self.job_name:
+                    self.seen.append((time.monotonic(), outcome.error))
+
+    def wait_until_subscribed(self) -> None:
+        started = time.monotonic()
+        while self.bus.group_members(self.group, self.topic) != 1:
+            if time.monotonic() - started > READY_SECONDS:
+                raise RuntimeError(f"the outcome observer did not join in {READY_SECONDS} s")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.subscription.close()
+        self.bus.close()
+
+
+def cancel_once(client, uploaded_name: str, dataset: suite.Dataset, bus_uri: str,
+                cancel_after: int) -> Cancellation:
+    """Starts a long job, cancels it after `cancel_after` trials, times what stops."""
+    from nbml.client import job_state_to_str
+    from nbml.v1 import trainer_service_pb2 as trainer_pb
+
+    result = Cancellation()
+    observer = OutcomeObserver(bus_uri)
+    try:
+        observer.wait_until_subscribed()
+        job = client.train(uploaded_name, dataset.target, budget_seconds=CANCEL_BUDGET_SECONDS)
+        job_id = job.name.split("/")[-1]
+        observer.job_name = job.name
+        for update in client.watch_job(job_id):
+            if update.progress.trials_completed >= cancel_after:
+                result.trials_before = update.progress.trials_completed
+                break
+        cancelled_at = time.monotonic()
+        client.cancel_job(job_id)
+        for update in client.watch_job(job_id):
+            if update.progress.stage == "refitting" and result.search_stopped is None:
+                result.search_stopped = time.monotonic() - cancelled_at
+            if update.state in (trainer_pb.JOB_STATE_CANCELLED, trainer_pb.JOB_STATE_SUCCEEDED,
+                                trainer_pb.JOB_STATE_FAILED):
+                result.job_cancelled = time.monotonic() - cancelled_at
+                result.state = job_state_to_str(update.state) or ""
+                break
+        # A measurement window, not a readiness wait: whatever runs on shows up in it.
+        time.sleep(max(0.0, cancelled_at + CANCEL_WINDOW_SECONDS - time.monotonic()))
+        after = [(at - cancelled_at, error) for at, error in observer.seen if at > cancelled_at]
+        result.outcomes_after = len(after)
+        result.stopped_by_cancel = sum("cancelled" in error for _, error in after)
+        result.last_outcome = max((at for at, _ in after), default=None)
+        result.models = len(client.models(job_id)) if result.state == "cancelled" else 0
+    finally:
+        observer.close()
+    return result
+
+
 def train_once(run: Run, cluster, dataset: suite.Dataset, budget: int, workdir: pathlib.Path,
-               index: int) -> Run:
+               index: int, cancel_after: int = 0) -> Run:
     from deploy.envoy.process import free_port
     from nbml.client import Client, job_state_to_str
     from nbml_server.adapters.registry import open_table_store
@@ -129,6 +237,9 @@ def train_once(run: Run, cluster, dataset: suite.Dataset, budget: int, workdir: 
                 store.close()
             run.by_worker = dict(Counter(row.get("worker") or "(lost)" for _, row in rows))
             run.fit_seconds = sum(row.get("fit_seconds") or 0.0 for _, row in rows)
+            if cancel_after and run.fanout:
+                run.cancellation = cancel_once(client, uploaded.name, dataset, env["NBML_BUS"],
+                                               cancel_after)
         failed = platform.failed_children()
         if failed:
             raise RuntimeError(f"platform processes exited: {failed} (logs in {home / 'logs'})")
@@ -144,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--inline", action="store_true",
                         help="also one worker without the fan-out (trials in its thread)")
+    parser.add_argument("--cancel-after", type=int, default=5,
+                        help="trials a second job finishes before it is cancelled")
+    parser.add_argument("--no-cancel", action="store_true",
+                        help="do not measure cancellation")
     parser.add_argument("--workdir", type=pathlib.Path, default=None,
                         help="where the cluster and platforms keep their data (default: a "
                              "temporary folder, removed at the end)")
@@ -169,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         with LocalCluster(workdir / "cluster") as cluster:
             log.info("local cluster up in %.1f s", time.monotonic() - started)
             for index, run in enumerate(runs):
-                train_once(run, cluster, dataset, args.budget, workdir, index)
+                train_once(run, cluster, dataset, args.budget, workdir, index,
+                           0 if args.no_cancel else args.cancel_after)
                 log.info("%s: %d trials in %.1f s of search (%.2f trials/s), %s", run.label,
                          run.trials, run.search_seconds, run.trials_per_second, run.by_worker)
     report = {"dataset": dataset.name, "rows": len(dataset.split[0]), "budget": args.budget,
@@ -181,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
                         "search_seconds": round(r.search_seconds, 2),
                         "trials_per_second": round(r.trials_per_second, 3),
                         "job_seconds": round(r.job_seconds, 1), "busy": round(r.busy, 3),
-                        "trials_by_worker": r.by_worker}
+                        "trials_by_worker": r.by_worker,
+                        "cancellation": rounded(r.cancellation)}
                        for r in runs]}
     if args.json:
         print(json.dumps(report))
@@ -195,6 +312,28 @@ def main(argv: list[str] | None = None) -> None:
         shares = ", ".join(str(v) for _, v in sorted(r.by_worker.items()))
         print(f"{r.label:<24}{r.state:<11}{r.trials:>7}{r.search_seconds:>10.1f}"
               f"{r.trials_per_second:>10.2f}{r.busy:>7.0%}  {shares}")
+    cancelled = [r for r in runs if r.cancellation is not None]
+    if cancelled:
+        print("\ncancelled after N trials; seconds from the cancel request until the search "
+              "stopped, the job was CANCELLED, the last running trial reported")
+        print(f"{'run':<24}{'state':<11}{'N':>4}{'search':>8}{'job':>7}{'last trial':>12}"
+              f"  outcomes after (cut short)  models kept")
+        for r in cancelled:
+            c = r.cancellation
+            print(f"{r.label:<24}{c.state:<11}{c.trials_before:>4}{seconds(c.search_stopped):>8}"
+                  f"{seconds(c.job_cancelled):>7}{seconds(c.last_outcome):>12}"
+                  f"  {c.outcomes_after} ({c.stopped_by_cancel}){'':<20}{c.models}")
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def rounded(cancellation: Cancellation | None) -> dict | None:
+    if cancellation is None:
+        return None
+    return {k: round(v, 3) if isinstance(v, float) else v
+            for k, v in asdict(cancellation).items()}
 
 
 if __name__ == "__main__":
