@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(jobs, "get", "jobs_get", "show a training job")
     p.add_argument("job_id", metavar="JOB_ID")
     verb(jobs, "list", "jobs_list", "list training jobs")
-    p = verb(jobs, "cancel", "jobs_cancel", "stop a training job")
+    p = verb(jobs, "cancel", "jobs_cancel",
+             "stop a training job (its best finished trial becomes its model)")
     p.add_argument("job_id", metavar="JOB_ID")
     p = verb(jobs, "wait", "jobs_wait", "wait for a training job to end")
     p.add_argument("job_id", metavar="JOB_ID")
