@@ -106,14 +106,20 @@ def wait_for_runners(bus_uri: str, runners: int) -> float:
     from nbml_server.worker.trial_fanout import TRIAL_RUNNERS_GROUP
 
     bus = open_event_bus(bus_uri)
-    started = time.monotonic()
     try:
-        while bus.group_members(TRIAL_RUNNERS_GROUP, TRIALS_TOPIC) != runners:
-            if time.monotonic() - started > READY_SECONDS:
-                raise RuntimeError(f"{runners} trial runners did not join in {READY_SECONDS} s")
-            time.sleep(0.2)
+        return wait_for_members(bus, TRIAL_RUNNERS_GROUP, TRIALS_TOPIC, runners,
+                                f"{runners} trial runners")
     finally:
         bus.close()
+
+
+def wait_for_members(bus, group: str, topic: str, members: int, who: str) -> float:
+    """Seconds until `members` subscriptions of `group` share `topic`."""
+    started = time.monotonic()
+    while bus.group_members(group, topic) != members:
+        if time.monotonic() - started > READY_SECONDS:
+            raise RuntimeError(f"{who} did not join in {READY_SECONDS} s")
+        time.sleep(0.2)
     return time.monotonic() - started
 
 
@@ -145,11 +151,7 @@ class OutcomeObserver:
                     self.seen.append((time.monotonic(), outcome.error))
 
     def wait_until_subscribed(self) -> None:
-        started = time.monotonic()
-        while self.bus.group_members(self.group, self.topic) != 1:
-            if time.monotonic() - started > READY_SECONDS:
-                raise RuntimeError(f"the outcome observer did not join in {READY_SECONDS} s")
-            time.sleep(0.2)
+        wait_for_members(self.bus, self.group, self.topic, 1, "the outcome observer")
 
     def close(self) -> None:
         self._stop.set()
