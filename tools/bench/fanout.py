@@ -49,7 +49,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from . import suite
+from . import run_info, suite
 
 log = logging.getLogger("bench.fanout")
 PASSWORD = "bench password, long enough"
@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
                            0 if args.no_cancel else args.cancel_after)
                 log.info("%s: %d trials in %.1f s of search (%.2f trials/s), %s", run.label,
                          run.trials, run.search_seconds, run.trials_per_second, run.by_worker)
-    report = {"dataset": dataset.name, "rows": len(dataset.split[0]), "budget": args.budget,
+    report = {"commit": run_info.git_commit(),
+              "dataset": dataset.name, "rows": len(dataset.split[0]), "budget": args.budget,
               "cores": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()],
               "runs": [{"label": r.label, "workers": r.workers, "fanout": r.fanout,
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"\n{dataset.name} ({report['rows']} training rows), budget {args.budget} s, "
+    print(f"\ncommit {report['commit']}: {dataset.name} ({report['rows']} training rows), "
+          f"budget {args.budget} s, "
           f"{report['cores']} cores, load average before {report['load_average_before'][0]}, "
           f"after {report['load_average_after'][0]}")
     print(f"{'run':<24}{'state':<11}{'trials':>7}{'search s':>10}{'trials/s':>10}"
