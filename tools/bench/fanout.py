@@ -164,7 +164,6 @@ def cancel_once(client, uploaded_name: str, dataset: suite.Dataset, bus_uri: str
                 cancel_after: int) -> Cancellation:
     """Starts a long job, cancels it after `cancel_after` trials, times what stops."""
     from nbml.client import job_state_to_str
-    from nbml.v1 import trainer_service_pb2 as trainer_pb
 
     result = Cancellation()
     observer = OutcomeObserver(bus_uri)
@@ -179,14 +178,13 @@ def cancel_once(client, uploaded_name: str, dataset: suite.Dataset, bus_uri: str
                 break
         cancelled_at = time.monotonic()
         client.cancel_job(job_id)
-        for update in client.watch_job(job_id):
+
+        def on_update(update) -> None:
             if update.progress.stage == "refitting" and result.search_stopped is None:
                 result.search_stopped = time.monotonic() - cancelled_at
-            if update.state in (trainer_pb.JOB_STATE_CANCELLED, trainer_pb.JOB_STATE_SUCCEEDED,
-                                trainer_pb.JOB_STATE_FAILED):
-                result.job_cancelled = time.monotonic() - cancelled_at
-                result.state = job_state_to_str(update.state) or ""
-                break
+        final = client.wait_for_job(job_id, on_update=on_update, timeout=READY_SECONDS)
+        result.job_cancelled = time.monotonic() - cancelled_at
+        result.state = job_state_to_str(final.state) or ""
         # A measurement window, not a readiness wait: whatever runs on shows up in it.
         time.sleep(max(0.0, cancelled_at + CANCEL_WINDOW_SECONDS - time.monotonic()))
         after = [(at - cancelled_at, error) for at, error in observer.seen if at > cancelled_at]
